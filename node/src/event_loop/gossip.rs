@@ -1,0 +1,192 @@
+//! Offers and withdrawals: gossip in (held until validated, then accepted, rejected or
+//! ignored), our own out, the book loaded from the store, and searches of the book.
+
+use super::EventLoop;
+use crate::handle::{LookupError, Search};
+use crate::views::OfferView;
+use gpumesh_protocol::envelope::{Kind, RawEnvelope, open_raw};
+use gpumesh_protocol::rank::{Candidate, ranked};
+use gpumesh_protocol::{BookChange, Invalid, Offer, Timestamp, Verified, Withdrawal};
+use libp2p::PeerId;
+use libp2p::gossipsub::{self, MessageAcceptance};
+
+impl EventLoop {
+    pub(super) fn handle_gossip_event(&mut self, event: gossipsub::Event) {
+        let gossipsub::Event::Message { propagation_source, message_id, message } = event else {
+            return;
+        };
+        let now = crate::clock::now();
+        let outcome = if message.topic != self.topic.hash() {
+            Err(Invalid::MalformedEnvelope("message on a topic this node does not serve"))
+        } else {
+            self.ingest(&message.data, now)
+        };
+        let acceptance = match &outcome {
+            Ok(change) => {
+                tracing::debug!(peer = %propagation_source, ?change, "gossip accepted");
+                self.metrics.gossip("accepted", "ok");
+                MessageAcceptance::Accept
+            }
+            Err(e) if e.is_peer_fault() => {
+                tracing::info!(peer = %propagation_source, reason = e.code(), error = %e, "gossip rejected");
+                self.metrics.gossip("rejected", e.code());
+                MessageAcceptance::Reject
+            }
+            Err(e) => {
+                tracing::debug!(peer = %propagation_source, reason = e.code(), "gossip ignored");
+                self.metrics.gossip("ignored", e.code());
+                MessageAcceptance::Ignore
+            }
+        };
+        let rejected = matches!(acceptance, MessageAcceptance::Reject);
+        self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+            &message_id,
+            &propagation_source,
+            acceptance,
+        );
+        if rejected {
+            self.penalise(propagation_source);
+        }
+    }
+
+    /// decode → verify → validate → store, for one offer or withdrawal envelope.
+    pub(super) fn ingest(&mut self, bytes: &[u8], now: Timestamp) -> Result<BookChange, Invalid> {
+        let raw = RawEnvelope::parse(bytes)?;
+        match raw.kind {
+            Kind::Offer => {
+                let offer: Verified<Offer> = open_raw(bytes, raw)?;
+                self.admit_offer(offer, now)
+            }
+            Kind::Withdrawal => {
+                let w: Verified<Withdrawal> = open_raw(bytes, raw)?;
+                w.validate(&self.ctx(now))?;
+                let change = self.book.withdraw(&w, now)?;
+                if let BookChange::Removed(id) = &change
+                    && let Err(e) = self.store.remove_offer(id)
+                {
+                    tracing::warn!(error = %e, "removing a withdrawn offer from the store failed");
+                }
+                Ok(change)
+            }
+            other => Err(Invalid::WrongKind { expected: Kind::Offer, got: other }),
+        }
+    }
+
+    /// validate → book → store for an already verified offer.
+    pub(super) fn admit_offer(
+        &mut self,
+        offer: Verified<Offer>,
+        now: Timestamp,
+    ) -> Result<BookChange, Invalid> {
+        offer.validate(&self.ctx(now))?;
+        let id = offer.offer_id;
+        let bytes = offer.shared_bytes();
+        let change = self.book.insert(offer, now)?;
+        if let Err(e) = self.store.put_offer(&id, &bytes) {
+            tracing::warn!(error = %e, offer = %id, "storing an offer failed");
+        }
+        Ok(change)
+    }
+
+    /// Graded penalty for a peer that sent an invalid message: gossipsub's own score drops
+    /// through the Reject report (P4); repeat offenders are disconnected and blocked.
+    pub(super) fn penalise(&mut self, peer: PeerId) {
+        let score = self.swarm.behaviour().gossipsub.peer_score(&peer);
+        if self.peers.record_fault(peer, score) {
+            tracing::warn!(peer = %peer, score = ?score, "blocking peer after repeated invalid messages");
+            self.peers.ban(&mut self.swarm, peer);
+        }
+    }
+
+    /// Publishes our own offer or withdrawal, after putting it in our own book.
+    pub(super) fn publish_own(&mut self, bytes: Vec<u8>) {
+        let now = crate::clock::now();
+        match self.ingest(&bytes, now) {
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "our own offer failed validation; not publishing it");
+                return;
+            }
+        }
+        if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), bytes) {
+            // No peers yet is normal at start-up: book sync and re-announcement cover it.
+            tracing::debug!(error = %e, "publish did not reach any peer");
+        }
+    }
+
+    /// Loads unexpired offers from the store into the book (verifying each again).
+    pub(super) fn load_book(&mut self) {
+        let now = crate::clock::now();
+        let (stored, unreadable) = self.store.offers();
+        let mut loaded = 0;
+        let mut dropped = unreadable;
+        for bytes in stored {
+            let ok = RawEnvelope::parse(&bytes)
+                .and_then(|raw| open_raw::<Offer>(&bytes, raw))
+                .and_then(|offer| self.admit_offer(offer, now));
+            match ok {
+                Ok(_) => loaded += 1,
+                Err(_) => dropped += 1,
+            }
+        }
+        tracing::info!(loaded, dropped, "offer book loaded from the store");
+    }
+
+    fn latency_ms(&self, provider: &gpumesh_protocol::NodeId) -> Option<f64> {
+        if provider == &self.me {
+            return Some(0.0);
+        }
+        self.peers.rtt(&crate::net::peer_id_of(provider)).map(|d| d.as_secs_f64() * 1000.0)
+    }
+
+    /// Runs a search over the in-memory book.
+    pub(super) fn search(&self, s: &Search) -> Vec<OfferView> {
+        let now = crate::clock::now();
+        self.rank_offers(self.book.live(now).map(|o| o.body()), s)
+    }
+
+    pub(super) fn rank_offers<'a>(
+        &self,
+        offers: impl Iterator<Item = &'a Offer>,
+        s: &Search,
+    ) -> Vec<OfferView> {
+        let cands: Vec<Candidate<'a>> = offers
+            .map(|offer| {
+                let latency_ms = self.latency_ms(&offer.provider).map(|ms| ms.round() as u32);
+                Candidate { offer, latency_ms }
+            })
+            .filter(|c| s.query.matches(c.offer, c.latency_ms))
+            .collect();
+        ranked(&cands, s.sort, s.latency_weight)
+            .into_iter()
+            .take(s.limit)
+            .map(|r| {
+                let mut v = OfferView::new(r.candidate.offer, self.latency_ms(&r.candidate.offer.provider));
+                if s.sort == gpumesh_protocol::rank::SortKey::Score {
+                    v.score = Some(r.score);
+                }
+                v
+            })
+            .collect()
+    }
+
+    /// Resolves an offer id or a unique prefix of one.
+    pub(super) fn find_offer(&self, prefix: &str) -> Result<Verified<Offer>, LookupError> {
+        let now = crate::clock::now();
+        let p = prefix.trim().to_ascii_lowercase();
+        if p.is_empty() {
+            return Err(LookupError::NotFound(prefix.into()));
+        }
+        let mut matches: Vec<&Verified<Offer>> =
+            self.book.live(now).filter(|o| o.offer_id.to_string().starts_with(&p)).collect();
+        match matches.len() {
+            0 => Err(LookupError::NotFound(prefix.into())),
+            1 => Ok(matches.remove(0).clone()),
+            _ => {
+                let mut ids: Vec<String> = matches.iter().map(|o| o.offer_id.to_string()).collect();
+                ids.sort();
+                Err(LookupError::Ambiguous { prefix: prefix.into(), matches: ids })
+            }
+        }
+    }
+}

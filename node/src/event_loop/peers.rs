@@ -1,0 +1,233 @@
+//! Connections: RTTs from ping, addresses from identify, mDNS and Kademlia discovery,
+//! bootstrap retries with backoff, and penalties and bans for misbehaving peers.
+
+use super::EventLoop;
+use crate::config::{Settings, peer_of};
+use crate::net::Behaviour;
+use crate::views::PeerView;
+use libp2p::core::ConnectedPoint;
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, ping};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// Invalid messages from one peer before it is disconnected and blocked.
+const FAULTS_BEFORE_BAN: u32 = 20;
+/// How long a blocked peer stays blocked.
+const BAN_TIME: Duration = Duration::from_secs(600);
+
+#[derive(Debug)]
+struct Bootstrap {
+    addr: Multiaddr,
+    peer: PeerId,
+    next_attempt: Instant,
+    backoff: Duration,
+}
+
+/// What the event loop knows about peers.
+#[derive(Debug)]
+pub(crate) struct PeerState {
+    rtt: HashMap<PeerId, Duration>,
+    addrs: HashMap<PeerId, Vec<Multiaddr>>,
+    agents: HashMap<PeerId, String>,
+    faults: HashMap<PeerId, u32>,
+    banned: HashMap<PeerId, Instant>,
+    bootstrap: Vec<Bootstrap>,
+    bootstrap_max: Duration,
+    kad_bootstrapped: bool,
+}
+
+impl PeerState {
+    pub(crate) fn new(settings: &Settings) -> PeerState {
+        let now = Instant::now();
+        PeerState {
+            rtt: HashMap::new(),
+            addrs: HashMap::new(),
+            agents: HashMap::new(),
+            faults: HashMap::new(),
+            banned: HashMap::new(),
+            bootstrap: settings
+                .bootstrap
+                .iter()
+                .filter_map(|a| {
+                    peer_of(a).map(|peer| Bootstrap {
+                        addr: a.clone(),
+                        peer,
+                        next_attempt: now,
+                        backoff: Duration::from_millis(250),
+                    })
+                })
+                .collect(),
+            bootstrap_max: settings.bootstrap_retry_max.max(Duration::from_millis(250)),
+            kad_bootstrapped: false,
+        }
+    }
+
+    pub(crate) fn rtt(&self, peer: &PeerId) -> Option<Duration> {
+        self.rtt.get(peer).copied()
+    }
+
+    pub(crate) fn addrs(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        self.addrs.get(peer).cloned().unwrap_or_default()
+    }
+
+    /// Counts an invalid message; true when the peer should now be blocked (too many faults,
+    /// or its gossipsub score fell below the graylist threshold).
+    pub(crate) fn record_fault(&mut self, peer: PeerId, score: Option<f64>) -> bool {
+        let n = self.faults.entry(peer).or_default();
+        *n += 1;
+        *n >= FAULTS_BEFORE_BAN || score.is_some_and(|s| s < -80.0)
+    }
+
+    pub(crate) fn ban(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId) {
+        self.banned.insert(peer, Instant::now() + BAN_TIME);
+        swarm.behaviour_mut().blocked.block_peer(peer);
+        let _ = swarm.disconnect_peer_id(peer);
+    }
+
+    pub(crate) fn expire_bans(&mut self, swarm: &mut Swarm<Behaviour>) {
+        let now = Instant::now();
+        self.banned.retain(|peer, until| {
+            let keep = *until > now;
+            if !keep {
+                swarm.behaviour_mut().blocked.unblock_peer(*peer);
+            }
+            keep
+        });
+    }
+
+    pub(crate) fn is_banned(&self, peer: &PeerId) -> bool {
+        self.banned.contains_key(peer)
+    }
+}
+
+impl EventLoop {
+    pub(super) fn on_connected(&mut self, peer: PeerId, endpoint: ConnectedPoint, count: u32) {
+        tracing::debug!(peer = %peer, "connected");
+        if let ConnectedPoint::Dialer { address, .. } = &endpoint {
+            let known = self.peers.addrs.entry(peer).or_default();
+            if !known.contains(address) {
+                known.push(address.clone());
+            }
+            self.swarm.behaviour_mut().kad.add_address(&peer, address.clone());
+        }
+        for b in &mut self.peers.bootstrap {
+            if b.peer == peer {
+                b.backoff = Duration::from_millis(250);
+            }
+        }
+        if !self.peers.kad_bootstrapped {
+            self.peers.kad_bootstrapped = self.swarm.behaviour_mut().kad.bootstrap().is_ok();
+        }
+        if count == 1 {
+            self.request_sync(peer);
+        }
+    }
+
+    pub(super) fn on_disconnected(&mut self, peer: PeerId, remaining: u32) {
+        if remaining == 0 {
+            tracing::debug!(peer = %peer, "disconnected");
+            self.peers.rtt.remove(&peer);
+        }
+    }
+
+    pub(super) fn on_dial_failed(&mut self, peer: PeerId) {
+        // Capacity and lease requests learn of the failure from request-response itself.
+        self.fail_probe(peer);
+    }
+
+    /// Dials bootstrap peers that are not connected, each with its own backoff.
+    pub(super) fn dial_bootstrap(&mut self) {
+        let now = Instant::now();
+        let max = self.peers.bootstrap_max;
+        for b in &mut self.peers.bootstrap {
+            if self.swarm.is_connected(&b.peer) || b.next_attempt > now {
+                continue;
+            }
+            tracing::debug!(addr = %b.addr, "dialing bootstrap peer");
+            let opts = DialOpts::peer_id(b.peer).addresses(vec![b.addr.clone()]).build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(addr = %b.addr, error = %e, "bootstrap dial not started");
+            }
+            self.swarm.behaviour_mut().kad.add_address(&b.peer, b.addr.clone());
+            b.next_attempt = now + b.backoff;
+            b.backoff = (b.backoff * 2).min(max);
+        }
+    }
+
+    pub(super) fn handle_ping_event(&mut self, e: ping::Event) {
+        if let Ok(rtt) = e.result {
+            self.peers.rtt.insert(e.peer, rtt);
+            self.complete_probe(e.peer);
+        }
+    }
+
+    pub(super) fn handle_identify_event(&mut self, e: identify::Event) {
+        if let identify::Event::Received { peer_id, info, .. } = e {
+            if info.protocol_version != gpumesh_protocol::wire::IDENTIFY_PROTOCOL_VERSION {
+                tracing::debug!(peer = %peer_id, version = %info.protocol_version, "peer speaks another protocol version");
+            }
+            self.peers.agents.insert(peer_id, info.agent_version.clone());
+            let known = self.peers.addrs.entry(peer_id).or_default();
+            for a in info.listen_addrs.iter().take(16) {
+                if !known.contains(a) {
+                    known.push(a.clone());
+                }
+                self.swarm.behaviour_mut().kad.add_address(&peer_id, a.clone());
+            }
+            known.truncate(16);
+        }
+    }
+
+    pub(super) fn handle_mdns_event(&mut self, e: mdns::Event) {
+        if let mdns::Event::Discovered(found) = e {
+            for (peer, addr) in found {
+                if peer == self.peer_id || self.peers.is_banned(&peer) {
+                    continue;
+                }
+                self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                if !self.swarm.is_connected(&peer) {
+                    let _ = self.swarm.dial(DialOpts::peer_id(peer).addresses(vec![addr]).build());
+                }
+            }
+        }
+    }
+
+    pub(super) fn peer_views(&self) -> Vec<PeerView> {
+        let mut v: Vec<PeerView> = self
+            .swarm
+            .connected_peers()
+            .map(|p| PeerView {
+                peer_id: p.to_string(),
+                addrs: self.peers.addrs(p).iter().map(|a| a.to_string()).collect(),
+                rtt_ms: self.peers.rtt(p).map(|d| d.as_secs_f64() * 1000.0),
+                agent: self.peers.agents.get(p).cloned(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        v
+    }
+
+    /// Addresses to reach a provider: those in its offers, then what identify told us.
+    pub(super) fn provider_addrs(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        let mut out: Vec<Multiaddr> = Vec::new();
+        if let Some(node) = crate::net::node_id_of(peer) {
+            let now = crate::clock::now();
+            for o in self.book.by_provider(node, now) {
+                for a in &o.addrs {
+                    if let Ok(ma) = a.parse::<Multiaddr>()
+                        && !out.contains(&ma)
+                    {
+                        out.push(ma);
+                    }
+                }
+            }
+        }
+        for a in self.peers.addrs(peer) {
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,432 @@
+//! Request-response: live capacity queries (answering them, and fanning them out with bounded
+//! concurrency), routing lease messages to and from the lease task, book sync, and probes.
+
+use super::EventLoop;
+use crate::handle::Search;
+use crate::lease_task::LeaseCommand;
+use crate::views::{CapacityAnswerView, CapacityReport, UnreachableView};
+use gpumesh_protocol::envelope::{RawEnvelope, open_raw};
+use gpumesh_protocol::query::Query;
+use gpumesh_protocol::wire::{self, CapacityAnswer, CapacityQuery, SyncAnswer, SyncRequest};
+use gpumesh_protocol::{Bytes, Invalid, LeaseId, NodeId, Offer, OfferId, PROTOCOL_VERSION, Verified};
+use libp2p::PeerId;
+use libp2p::request_response::{self, Event, Message};
+use libp2p::swarm::dial_opts::DialOpts;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// Most capacity requests in flight per fan-out.
+const FANOUT_CONCURRENCY: usize = 32;
+/// Most book syncs in flight.
+const MAX_SYNCS: usize = 4;
+/// Most providers one probe dials.
+const MAX_PROBE: usize = 16;
+
+/// A live capacity query in progress.
+#[derive(Debug)]
+pub(crate) struct Fanout {
+    search: Search,
+    request: Vec<u8>,
+    started: Instant,
+    deadline: Instant,
+    queue: VecDeque<PeerId>,
+    in_flight: HashSet<PeerId>,
+    asked: usize,
+    answered: Vec<CapacityAnswerView>,
+    unreachable: Vec<UnreachableView>,
+    fresh: HashMap<OfferId, Verified<Offer>>,
+    reply: oneshot::Sender<CapacityReport>,
+}
+
+/// Dials in progress for a latency probe.
+#[derive(Debug)]
+pub(crate) struct Probe {
+    waiting: HashSet<PeerId>,
+    measured: usize,
+    deadline: Instant,
+    reply: oneshot::Sender<usize>,
+}
+
+impl EventLoop {
+    // ----- capacity: answering ---------------------------------------------------------
+
+    fn answer_capacity(&mut self, request: &[u8]) -> Vec<u8> {
+        let offers = match wire::decode::<CapacityQuery>(request, wire::MAX_CAPACITY_QUERY) {
+            Ok(q) if q.network == self.settings.network && q.v == PROTOCOL_VERSION => {
+                match Query::parse(&q.query) {
+                    Ok(query) => {
+                        let now = crate::clock::now();
+                        self.book
+                            .by_provider(self.me, now)
+                            .filter(|o| query.matches(o.body(), None))
+                            .take(wire::MAX_CAPACITY_OFFERS)
+                            .map(|o| Bytes(o.bytes().to_vec()))
+                            .collect()
+                    }
+                    Err(_) => Vec::new(),
+                }
+            }
+            _ => Vec::new(),
+        };
+        self.metrics.capacity_queries.inc();
+        wire::encode(&CapacityAnswer { v: PROTOCOL_VERSION, offers })
+    }
+
+    pub(super) fn handle_capacity_event(&mut self, e: Event<Vec<u8>, Vec<u8>>) {
+        match e {
+            Event::Message { message: Message::Request { request, channel, .. }, .. } => {
+                let answer = self.answer_capacity(&request);
+                let _ = self.swarm.behaviour_mut().capacity.send_response(channel, answer);
+            }
+            Event::Message { peer, message: Message::Response { request_id, response }, .. } => {
+                if let Some((fid, p, sent)) = self.capacity_requests.remove(&request_id) {
+                    self.on_capacity_answer(fid, peer, p, sent, &response);
+                }
+            }
+            Event::OutboundFailure { request_id, error, .. } => {
+                if let Some((fid, peer, _)) = self.capacity_requests.remove(&request_id) {
+                    self.on_capacity_failure(fid, peer, error.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // ----- capacity: fanning out -------------------------------------------------------
+
+    pub(super) fn start_fanout(
+        &mut self,
+        search: Search,
+        timeout: Duration,
+        reply: oneshot::Sender<CapacityReport>,
+    ) {
+        let now = crate::clock::now();
+        let mut targets: Vec<PeerId> = Vec::new();
+        let mut seen = HashSet::new();
+        let providers = self.book.live(now).map(|o| o.provider).filter(|p| p != &self.me);
+        for p in providers.map(|p| crate::net::peer_id_of(&p)).chain(self.swarm.connected_peers().copied()) {
+            if seen.insert(p) && !self.peers.is_banned(&p) {
+                targets.push(p);
+            }
+        }
+        // Our own offers answer at once.
+        let fresh = self
+            .book
+            .by_provider(self.me, now)
+            .filter(|o| search.query.matches(o.body(), Some(0)))
+            .map(|o| (o.offer_id, o.clone()))
+            .collect();
+        let request = wire::encode(&CapacityQuery {
+            v: PROTOCOL_VERSION,
+            network: self.settings.network.clone(),
+            query: search.query.to_string(),
+        });
+        let id = self.next_fanout;
+        self.next_fanout += 1;
+        let started = Instant::now();
+        self.fanouts.insert(
+            id,
+            Fanout {
+                search,
+                request,
+                started,
+                deadline: started + timeout,
+                asked: targets.len(),
+                queue: targets.into(),
+                in_flight: HashSet::new(),
+                answered: Vec::new(),
+                unreachable: Vec::new(),
+                fresh,
+                reply,
+            },
+        );
+        self.pump_fanout(id);
+    }
+
+    /// Starts queued requests up to the concurrency bound; finishes the fan-out when done.
+    fn pump_fanout(&mut self, id: u64) {
+        let Some(f) = self.fanouts.get_mut(&id) else { return };
+        let mut to_send = Vec::new();
+        while f.in_flight.len() + to_send.len() < FANOUT_CONCURRENCY {
+            match f.queue.pop_front() {
+                Some(p) => to_send.push(p),
+                None => break,
+            }
+        }
+        let request = f.request.clone();
+        for peer in to_send {
+            let addrs = self.provider_addrs(&peer);
+            let rid = self.swarm.behaviour_mut().capacity.send_request_with_addresses(
+                &peer,
+                request.clone(),
+                addrs,
+            );
+            self.capacity_requests.insert(rid, (id, peer, Instant::now()));
+            if let Some(f) = self.fanouts.get_mut(&id) {
+                f.in_flight.insert(peer);
+            }
+        }
+        if self.fanouts.get(&id).is_some_and(|f| f.queue.is_empty() && f.in_flight.is_empty()) {
+            self.finish_fanout(id);
+        }
+    }
+
+    fn on_capacity_answer(&mut self, fid: u64, from: PeerId, peer: PeerId, sent: Instant, response: &[u8]) {
+        let now = crate::clock::now();
+        let rtt_ms = sent.elapsed().as_secs_f64() * 1000.0;
+        let provider = crate::net::node_id_of(&from);
+        let mut offers = Vec::new();
+        let mut bad = false;
+        match wire::decode::<CapacityAnswer>(response, wire::MAX_CAPACITY_ANSWER) {
+            Ok(a) => {
+                for b in a.offers.into_iter().take(wire::MAX_CAPACITY_OFFERS) {
+                    let opened = RawEnvelope::parse(&b.0).and_then(|raw| open_raw::<Offer>(&b.0, raw));
+                    match opened {
+                        // A provider answers for itself only.
+                        Ok(o) if Some(o.provider) == provider => offers.push(o),
+                        Ok(_) => bad = true,
+                        Err(_) => bad = true,
+                    }
+                }
+            }
+            Err(_) => bad = true,
+        }
+        if bad {
+            self.penalise(from);
+        }
+        let mut matched = Vec::new();
+        for o in offers {
+            // Merge into the book; an answer that is not newer than what we hold is fine.
+            match self.admit_offer(o.clone(), now) {
+                Ok(_) | Err(Invalid::Duplicate | Invalid::StaleSequence { .. }) => matched.push(o),
+                Err(e) => {
+                    tracing::debug!(peer = %from, error = %e, "capacity answer carried an invalid offer")
+                }
+            }
+        }
+        let Some(f) = self.fanouts.get_mut(&fid) else { return };
+        f.in_flight.remove(&peer);
+        let mut n = 0;
+        for o in matched {
+            // Keep the freshest copy, as the book does.
+            let current = self.book.get(&o.offer_id, now).cloned().unwrap_or(o);
+            if f.search.query.matches(current.body(), Some(rtt_ms.round() as u32)) {
+                n += 1;
+                f.fresh.insert(current.offer_id, current);
+            }
+        }
+        f.answered.push(CapacityAnswerView { peer_id: peer.to_string(), rtt_ms, offers: n });
+        self.pump_fanout(fid);
+    }
+
+    fn on_capacity_failure(&mut self, fid: u64, peer: PeerId, error: String) {
+        let Some(f) = self.fanouts.get_mut(&fid) else { return };
+        f.in_flight.remove(&peer);
+        f.unreachable.push(UnreachableView { peer_id: peer.to_string(), error });
+        self.pump_fanout(fid);
+    }
+
+    fn finish_fanout(&mut self, id: u64) {
+        let Some(mut f) = self.fanouts.remove(&id) else { return };
+        // Whatever is still queued or in flight at the deadline did not answer in time.
+        for p in f.queue.drain(..).chain(f.in_flight.drain()) {
+            f.unreachable.push(UnreachableView {
+                peer_id: p.to_string(),
+                error: "no answer before the timeout".into(),
+            });
+        }
+        self.capacity_requests.retain(|_, (fid, _, _)| *fid != id);
+        let offers = self.rank_offers(f.fresh.values().map(|o| o.body()), &f.search);
+        f.answered.sort_by(|a, b| a.rtt_ms.total_cmp(&b.rtt_ms));
+        let _ = f.reply.send(CapacityReport {
+            query: f.search.query.to_string(),
+            asked: f.asked,
+            answered: f.answered,
+            unreachable: f.unreachable,
+            offers,
+            elapsed_ms: f.started.elapsed().as_secs_f64() * 1000.0,
+        });
+    }
+
+    pub(super) fn finish_due_fanouts(&mut self) {
+        let now = Instant::now();
+        let due: Vec<u64> =
+            self.fanouts.iter().filter(|(_, f)| f.deadline <= now).map(|(id, _)| *id).collect();
+        for id in due {
+            self.finish_fanout(id);
+        }
+    }
+
+    // ----- probes ------------------------------------------------------------------------
+
+    pub(super) fn start_probe(
+        &mut self,
+        providers: Vec<NodeId>,
+        timeout: Duration,
+        reply: oneshot::Sender<usize>,
+    ) {
+        let mut waiting = HashSet::new();
+        for node in providers.into_iter().filter(|n| n != &self.me).take(MAX_PROBE) {
+            let peer = crate::net::peer_id_of(&node);
+            if self.peers.rtt(&peer).is_some() || self.peers.is_banned(&peer) {
+                continue;
+            }
+            let addrs = self.provider_addrs(&peer);
+            if self.swarm.is_connected(&peer)
+                || self.swarm.dial(DialOpts::peer_id(peer).addresses(addrs).build()).is_ok()
+            {
+                waiting.insert(peer);
+            }
+        }
+        let probe = Probe { waiting, measured: 0, deadline: Instant::now() + timeout, reply };
+        self.probes.push(probe);
+        self.finish_due_probes();
+    }
+
+    pub(super) fn complete_probe(&mut self, peer: PeerId) {
+        for p in &mut self.probes {
+            if p.waiting.remove(&peer) {
+                p.measured += 1;
+            }
+        }
+        self.finish_due_probes();
+    }
+
+    pub(super) fn fail_probe(&mut self, peer: PeerId) {
+        for p in &mut self.probes {
+            p.waiting.remove(&peer);
+        }
+        self.finish_due_probes();
+    }
+
+    pub(super) fn finish_due_probes(&mut self) {
+        let now = Instant::now();
+        let (done, pending): (Vec<Probe>, Vec<Probe>) = std::mem::take(&mut self.probes)
+            .into_iter()
+            .partition(|p| p.waiting.is_empty() || p.deadline <= now);
+        self.probes = pending;
+        for p in done {
+            let _ = p.reply.send(p.measured);
+        }
+    }
+
+    // ----- lease routing -----------------------------------------------------------------
+
+    pub(super) fn handle_lease_event(&mut self, e: Event<Vec<u8>, Vec<u8>>) {
+        match e {
+            Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
+                let Some(from) = crate::net::node_id_of(&peer) else { return };
+                let token = self.next_token;
+                self.next_token += 1;
+                match self.lease_tx.try_send(LeaseCommand::Inbound { token, from, bytes: request }) {
+                    Ok(()) => {
+                        self.inbound_lease.insert(token, channel);
+                    }
+                    Err(_) => {
+                        // Overloaded: dropping the channel tells the requester to retry later.
+                        tracing::warn!(peer = %peer, "lease queue full; dropping a lease message");
+                    }
+                }
+            }
+            Event::Message { message: Message::Response { request_id, response }, .. } => {
+                if let Some(lease_id) = self.outbound_lease.remove(&request_id) {
+                    self.forward_to_lease_task(lease_id, Ok(response));
+                }
+            }
+            Event::OutboundFailure { request_id, error, .. } => {
+                if let Some(lease_id) = self.outbound_lease.remove(&request_id) {
+                    self.forward_to_lease_task(lease_id, Err(error.to_string()));
+                }
+            }
+            Event::InboundFailure { .. } | Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn forward_to_lease_task(&mut self, lease_id: LeaseId, result: Result<Vec<u8>, String>) {
+        let tx = self.lease_tx.clone();
+        // Replies to our own requests are few; wait for room rather than lose one.
+        tokio::spawn(async move {
+            let _ = tx.send(LeaseCommand::Reply { lease_id, result }).await;
+        });
+    }
+
+    pub(super) fn send_lease(&mut self, provider: NodeId, lease_id: LeaseId, bytes: Vec<u8>) {
+        let peer = crate::net::peer_id_of(&provider);
+        if provider == self.me {
+            self.forward_to_lease_task(lease_id, Err("cannot lease from this node itself".into()));
+            return;
+        }
+        let addrs = self.provider_addrs(&peer);
+        let rid = self.swarm.behaviour_mut().lease.send_request_with_addresses(&peer, bytes, addrs);
+        self.outbound_lease.insert(rid, lease_id);
+    }
+
+    // ----- book sync ---------------------------------------------------------------------
+
+    pub(super) fn request_sync(&mut self, peer: PeerId) {
+        if self.syncs_in_flight.len() >= MAX_SYNCS || self.syncs_in_flight.values().any(|p| p == &peer) {
+            return;
+        }
+        let req = wire::encode(&SyncRequest { v: PROTOCOL_VERSION, network: self.settings.network.clone() });
+        let rid = self.swarm.behaviour_mut().sync.send_request(&peer, req);
+        self.syncs_in_flight.insert(rid, peer);
+    }
+
+    pub(super) fn handle_sync_event(&mut self, e: request_response::Event<Vec<u8>, Vec<u8>>) {
+        match e {
+            Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
+                let ok = wire::decode::<SyncRequest>(&request, wire::MAX_SYNC_REQUEST)
+                    .is_ok_and(|r| r.network == self.settings.network);
+                let now = crate::clock::now();
+                let mut total = 0;
+                let offers: Vec<Bytes> = if ok {
+                    self.book
+                        .live(now)
+                        .take(wire::MAX_SYNC_OFFERS)
+                        .take_while(|o| {
+                            total += o.bytes().len() + 8;
+                            total < wire::MAX_SYNC_ANSWER - 64
+                        })
+                        .map(|o| Bytes(o.bytes().to_vec()))
+                        .collect()
+                } else {
+                    tracing::debug!(peer = %peer, "refusing a sync request for another network");
+                    Vec::new()
+                };
+                let answer = wire::encode(&SyncAnswer { v: PROTOCOL_VERSION, offers });
+                let _ = self.swarm.behaviour_mut().sync.send_response(channel, answer);
+            }
+            Event::Message { peer, message: Message::Response { request_id, response }, .. } => {
+                self.syncs_in_flight.remove(&request_id);
+                self.ingest_sync(peer, &response);
+            }
+            Event::OutboundFailure { request_id, .. } => {
+                self.syncs_in_flight.remove(&request_id);
+            }
+            _ => {}
+        }
+    }
+
+    fn ingest_sync(&mut self, peer: PeerId, response: &[u8]) {
+        let now = crate::clock::now();
+        let Ok(answer) = wire::decode::<SyncAnswer>(response, wire::MAX_SYNC_ANSWER) else {
+            self.penalise(peer);
+            return;
+        };
+        let (mut added, mut faulty) = (0usize, false);
+        for b in answer.offers.iter().take(wire::MAX_SYNC_OFFERS) {
+            match RawEnvelope::parse(&b.0).and_then(|raw| open_raw::<Offer>(&b.0, raw)) {
+                Ok(o) => match self.admit_offer(o, now) {
+                    Ok(_) => added += 1,
+                    Err(e) => faulty |= e.is_peer_fault(),
+                },
+                Err(_) => faulty = true,
+            }
+        }
+        if faulty {
+            self.penalise(peer);
+        }
+        tracing::debug!(peer = %peer, offers = answer.offers.len(), added, "book sync");
+    }
+}

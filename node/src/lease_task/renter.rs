@@ -1,0 +1,177 @@
+//! The renter side of the lease task: starting and releasing leases, routing the provider's
+//! answers into the renter engine, and waking the API calls that wait for an outcome.
+
+use super::{LeaseError, LeaseParams, LeaseTask, Timer};
+use crate::handle::Command;
+use crate::views::LeaseView;
+use gpumesh_protocol::lease::LeaseState;
+use gpumesh_protocol::lease::renter::{LeaseAsk, RenterError, RenterEvent, RenterInput, RenterOutput};
+use gpumesh_protocol::wire::{self, LeaseRpcReply};
+use gpumesh_protocol::{LeaseId, Nonce, Timestamp};
+use tokio::sync::oneshot;
+
+impl LeaseTask {
+    pub(super) async fn start_lease(
+        &mut self,
+        p: LeaseParams,
+        reply: oneshot::Sender<Result<LeaseView, LeaseError>>,
+        now: Timestamp,
+    ) {
+        let offer = p.offer.body();
+        if offer.provider == self.me {
+            let _ = reply.send(Err(LeaseError::Invalid(
+                "that offer is this node's own; lease from another node".into(),
+            )));
+            return;
+        }
+        let nonce = match crate::clock::random_bytes::<16>() {
+            Ok(n) => Nonce(n),
+            Err(e) => {
+                let _ = reply.send(Err(LeaseError::Failed(e.to_string())));
+                return;
+            }
+        };
+        let ask = LeaseAsk {
+            provider: offer.provider,
+            offer_id: offer.offer_id,
+            price: offer.price,
+            max_price: p.max_price.unwrap_or(offer.price),
+            gpus: p.gpus,
+            duration_s: p.duration_s,
+            ssh_key: p.ssh_key,
+            nonce,
+        };
+        let lease_id = gpumesh_protocol::LeaseId::derive(&offer.provider, &self.me, &nonce.0);
+        self.lease_waiters.insert(lease_id, reply);
+        if let Err(e) = self.renter_handle(RenterInput::Lease(ask), now).await
+            && let Some(w) = self.lease_waiters.remove(&lease_id)
+        {
+            let _ = w.send(Err(LeaseError::Invalid(e.to_string())));
+        }
+    }
+
+    pub(super) async fn release(
+        &mut self,
+        lease_id: LeaseId,
+        reply: oneshot::Sender<Result<LeaseView, LeaseError>>,
+        now: Timestamp,
+    ) {
+        match self.renter_handle(RenterInput::Release { lease_id }, now).await {
+            Ok(()) => {
+                self.release_waiters.insert(lease_id, reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(LeaseError::Invalid(e.to_string())));
+            }
+        }
+    }
+
+    pub(super) async fn on_reply(
+        &mut self,
+        lease_id: LeaseId,
+        result: Result<Vec<u8>, String>,
+        now: Timestamp,
+    ) {
+        let input = match result.map(|b| wire::decode::<LeaseRpcReply>(&b, wire::MAX_LEASE_RPC)) {
+            Ok(Ok(reply)) => RenterInput::Reply { lease_id, reply },
+            Ok(Err(e)) => RenterInput::SendFailed { lease_id, error: format!("unreadable answer: {e}") },
+            Err(error) => RenterInput::SendFailed { lease_id, error },
+        };
+        self.renter_input(input, now).await;
+    }
+
+    /// Feeds the renter engine for inputs that cannot be a local mistake.
+    pub(super) async fn renter_input(&mut self, input: RenterInput, now: Timestamp) {
+        if let Err(e) = self.renter_handle(input, now).await {
+            tracing::debug!(error = %e, "renter input refused");
+        }
+    }
+
+    async fn renter_handle(&mut self, input: RenterInput, now: Timestamp) -> Result<(), RenterError> {
+        let outputs = self.renter.handle(input, now)?;
+        for o in outputs {
+            match o {
+                RenterOutput::Persist(l) => {
+                    if let Err(e) = self.store.persist_renter_lease(&l).await {
+                        tracing::error!(lease = %l.lease_id, error = %e, "could not persist a renter lease");
+                    }
+                }
+                RenterOutput::Send { provider, lease_id, rpc } => {
+                    let bytes = wire::encode(&rpc);
+                    if self.swarm.send(Command::SendLease { provider, lease_id, bytes }).await.is_err() {
+                        tracing::warn!(lease = %lease_id, "swarm gone; lease message not sent");
+                    }
+                }
+                RenterOutput::ScheduleTimer { lease_id, at } => {
+                    self.schedule(at, Timer::RenterCheck(lease_id))
+                }
+                RenterOutput::Event(e) => self.renter_event(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn renter_view(&self, lease_id: &LeaseId) -> Option<LeaseView> {
+        self.renter.lease(lease_id).map(|l| LeaseView::renter(l, &self.me.to_string()))
+    }
+
+    fn renter_event(&mut self, e: RenterEvent) {
+        match e {
+            RenterEvent::Granted(id) => {
+                tracing::info!(lease = %id, "lease granted to us");
+                self.metrics.lease("renter", "granted");
+                self.answer_lease(id, Ok);
+            }
+            RenterEvent::Rejected { lease_id, reason, detail } => {
+                tracing::info!(lease = %lease_id, reason = %reason, detail = %detail, "lease rejected");
+                self.metrics.lease("renter", reason.as_str());
+                let message = if detail.is_empty() {
+                    reason.explain().to_string()
+                } else {
+                    format!("{} ({detail})", reason.explain())
+                };
+                let id = lease_id.to_string();
+                self.answer_lease(lease_id, move |_| {
+                    Err(LeaseError::Rejected { reason, message, lease_id: id })
+                });
+            }
+            RenterEvent::Failed { lease_id, why } => {
+                tracing::warn!(lease = %lease_id, why = %why, "lease failed");
+                self.metrics.lease("renter", "failed");
+                self.answer_lease(lease_id, move |_| Err(LeaseError::Failed(why)));
+            }
+            RenterEvent::Ended { lease_id, state } => {
+                tracing::info!(lease = %lease_id, state = state.as_str(), "lease ended");
+                self.metrics.lease("renter", state.as_str());
+                if let (Some(w), Some(v)) =
+                    (self.release_waiters.remove(&lease_id), self.renter_view(&lease_id))
+                {
+                    let _ = w.send(Ok(v));
+                }
+            }
+            RenterEvent::ReleaseRefused { lease_id, reason, detail } => {
+                if let Some(w) = self.release_waiters.remove(&lease_id) {
+                    let _ = w.send(Err(LeaseError::Rejected {
+                        reason,
+                        message: format!("{}: {detail}", reason.explain()),
+                        lease_id: lease_id.to_string(),
+                    }));
+                }
+            }
+            RenterEvent::BadReply { lease_id, why } => {
+                tracing::warn!(lease = %lease_id, why = %why, "provider reply not accepted");
+                if let Some(w) = self.release_waiters.remove(&lease_id) {
+                    let still = self.renter.lease(&lease_id).is_some_and(|l| l.state == LeaseState::Active);
+                    let msg = if still { format!("{why}; the lease is still active") } else { why };
+                    let _ = w.send(Err(LeaseError::Failed(msg)));
+                }
+            }
+        }
+    }
+
+    fn answer_lease(&mut self, id: LeaseId, f: impl FnOnce(LeaseView) -> Result<LeaseView, LeaseError>) {
+        if let (Some(w), Some(v)) = (self.lease_waiters.remove(&id), self.renter_view(&id)) {
+            let _ = w.send(f(v));
+        }
+    }
+}

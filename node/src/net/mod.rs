@@ -1,0 +1,205 @@
+//! libp2p: the composed [`Behaviour`], how the swarm is built, and id conversions.
+//!
+//! - gossipsub carries offers and withdrawals on `/gpumesh/<network>/offers/1`, without
+//!   gossipsub's own signing (`Anonymous`: the envelope is already signed by the provider), with
+//!   content-hash message ids and application validation;
+//! - identify, ping (RTT per peer), Kademlia (`/gpumesh/kad/1`, peer discovery only), mDNS;
+//! - three request-response protocols: capacity, lease and book sync, all with [`BytesCodec`];
+//! - connection limits and a block list for peers that misbehave.
+
+pub mod codec;
+
+use crate::config::Settings;
+use codec::BytesCodec;
+use gpumesh_protocol::NodeId;
+use gpumesh_protocol::wire::{self, KAD_PROTOCOL};
+use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, MessageId, ValidationMode};
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{
+    PeerId, StreamProtocol, Swarm, allow_block_list, connection_limits, identify, identity, kad, mdns, noise,
+    ping, tcp, yamux,
+};
+use sha2::{Digest, Sha256};
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+/// Errors building the swarm.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    #[error("cannot set up networking: {0}")]
+    Build(String),
+    #[error("cannot listen on {addr}: {message}")]
+    Listen { addr: String, message: String },
+}
+
+/// Every libp2p protocol the node speaks.
+#[allow(missing_debug_implementations)]
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub gossipsub: gossipsub::Behaviour,
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+    pub capacity: request_response::Behaviour<BytesCodec>,
+    pub lease: request_response::Behaviour<BytesCodec>,
+    pub sync: request_response::Behaviour<BytesCodec>,
+    pub limits: connection_limits::Behaviour,
+    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+}
+
+/// The gossipsub topic of a network.
+pub fn offers_topic(network: &str) -> IdentTopic {
+    IdentTopic::new(wire::offers_topic(network))
+}
+
+/// Gossip message id: the first 20 bytes of SHA-256 of the message data.
+pub fn message_id(data: &[u8]) -> MessageId {
+    MessageId::from(Sha256::digest(data)[..20].to_vec())
+}
+
+/// The libp2p peer id of a node id (the same key).
+pub fn peer_id_of(node: &NodeId) -> PeerId {
+    // An identity multihash of an ed25519 key is always a valid peer id.
+    PeerId::from_bytes(&node.peer_id_bytes()).expect("ed25519 identity multihash is a valid peer id")
+}
+
+/// The node id of a peer, if its key is ed25519.
+pub fn node_id_of(peer: &PeerId) -> Option<NodeId> {
+    NodeId::from_peer_id_bytes(&peer.to_bytes())
+}
+
+fn gossipsub_behaviour(settings: &Settings) -> Result<gossipsub::Behaviour, NetError> {
+    let config = gossipsub::ConfigBuilder::default()
+        .heartbeat_interval(settings.gossip_heartbeat)
+        .validation_mode(ValidationMode::Anonymous)
+        .validate_messages()
+        .message_id_fn(|m| message_id(&m.data))
+        .max_transmit_size(gpumesh_protocol::envelope::MAX_GOSSIP_ENVELOPE + 512)
+        .duplicate_cache_time(Duration::from_secs(120))
+        .build()
+        .map_err(|e| NetError::Build(format!("gossipsub config: {e}")))?;
+    let mut gs = gossipsub::Behaviour::new(MessageAuthenticity::Anonymous, config)
+        .map_err(|e| NetError::Build(format!("gossipsub: {e}")))?;
+    let (params, thresholds) = score_params(&settings.network);
+    gs.with_peer_score(params, thresholds).map_err(|e| NetError::Build(format!("gossipsub scoring: {e}")))?;
+    Ok(gs)
+}
+
+/// Peer scoring tuned for sparse offer traffic: no penalty for quiet mesh peers, a steep one
+/// for invalid messages (P4), and loopback exempt from the IP-colocation penalty so local
+/// testnets of many nodes work.
+pub fn score_params(network: &str) -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
+    let mut topic = gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.01,
+        time_in_mesh_quantum: Duration::from_secs(1),
+        time_in_mesh_cap: 100.0,
+        first_message_deliveries_weight: 0.5,
+        first_message_deliveries_decay: 0.9,
+        first_message_deliveries_cap: 50.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -20.0,
+        invalid_message_deliveries_decay: 0.95,
+        ..Default::default()
+    };
+    topic.mesh_message_deliveries_threshold = 1.0;
+    let mut params = gossipsub::PeerScoreParams { app_specific_weight: 1.0, ..Default::default() };
+    params.topics.insert(offers_topic(network).hash(), topic);
+    params.ip_colocation_factor_whitelist =
+        HashSet::from([IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)]);
+    let thresholds = gossipsub::PeerScoreThresholds {
+        gossip_threshold: -20.0,
+        publish_threshold: -50.0,
+        graylist_threshold: -80.0,
+        accept_px_threshold: 10.0,
+        opportunistic_graft_threshold: 2.0,
+    };
+    (params, thresholds)
+}
+
+fn rr(
+    protocol: &'static str,
+    max_request: usize,
+    max_response: usize,
+    timeout: Duration,
+) -> request_response::Behaviour<BytesCodec> {
+    request_response::Behaviour::with_codec(
+        BytesCodec { max_request, max_response },
+        [(StreamProtocol::new(protocol), ProtocolSupport::Full)],
+        request_response::Config::default().with_request_timeout(timeout).with_max_concurrent_streams(256),
+    )
+}
+
+/// Builds the swarm: TCP (noise, yamux) and QUIC, DNS, and every behaviour.
+pub fn build_swarm(
+    key: &gpumesh_protocol::SigningKey,
+    settings: &Settings,
+) -> Result<Swarm<Behaviour>, NetError> {
+    let keypair = identity::Keypair::ed25519_from_bytes(key.to_bytes())
+        .map_err(|e| NetError::Build(format!("node key: {e}")))?;
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .map_err(|e| NetError::Build(format!("tcp: {e}")))?
+        .with_quic()
+        .with_dns()
+        .map_err(|e| NetError::Build(format!("dns: {e}")))?
+        .with_behaviour(|key| {
+            let peer_id = key.public().to_peer_id();
+            let mdns = if settings.mdns {
+                Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)?)
+            } else {
+                None
+            };
+            let mut kad = kad::Behaviour::with_config(
+                peer_id,
+                kad::store::MemoryStore::new(peer_id),
+                kad::Config::new(StreamProtocol::new(KAD_PROTOCOL)),
+            );
+            kad.set_mode(Some(kad::Mode::Server));
+            let limits = connection_limits::ConnectionLimits::default()
+                .with_max_established(Some(settings.max_connections))
+                .with_max_pending_incoming(Some(128))
+                .with_max_established_per_peer(Some(4));
+            Ok(Behaviour {
+                gossipsub: gossipsub_behaviour(settings).map_err(|e| e.to_string())?,
+                identify: identify::Behaviour::new(
+                    identify::Config::new(wire::IDENTIFY_PROTOCOL_VERSION.into(), key.public())
+                        .with_agent_version(format!("gpumesh/{}", env!("CARGO_PKG_VERSION"))),
+                ),
+                ping: ping::Behaviour::new(ping::Config::new().with_interval(settings.ping_interval)),
+                kad,
+                mdns: Toggle::from(mdns),
+                capacity: rr(
+                    wire::CAPACITY_PROTOCOL,
+                    wire::MAX_CAPACITY_QUERY,
+                    wire::MAX_CAPACITY_ANSWER,
+                    settings.request_timeout,
+                ),
+                lease: rr(
+                    wire::LEASE_PROTOCOL,
+                    wire::MAX_LEASE_RPC,
+                    wire::MAX_LEASE_RPC,
+                    settings.request_timeout,
+                ),
+                sync: rr(
+                    wire::SYNC_PROTOCOL,
+                    wire::MAX_SYNC_REQUEST,
+                    wire::MAX_SYNC_ANSWER,
+                    settings.request_timeout,
+                ),
+                limits: connection_limits::Behaviour::new(limits),
+                blocked: allow_block_list::Behaviour::default(),
+            })
+        })
+        .map_err(|e| NetError::Build(format!("behaviour: {e}")))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(settings.idle_connection_timeout))
+        .build();
+    Ok(swarm)
+}

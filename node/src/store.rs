@@ -1,0 +1,242 @@
+//! The node's durable state in sled, behind one type: [`Store`].
+//!
+//! Trees: `offers` (offer id → offer envelope), `leases_provider` (lease id → CBOR
+//! `ProviderLease`), `gpus` (GPU uuid → lease id holding it), `leases_renter` (lease id → CBOR
+//! `RenterLease`), `meta` (`seq` → the provider's last used sequence number, big-endian u64).
+//!
+//! A provider lease and its GPU reservations are written in one transaction that refuses to
+//! reserve a GPU another live lease holds, then flushed: a grant never leaves the node before
+//! that. Offers are not flushed one by one (sled flushes every 500 ms); losing the last
+//! moment of gossip in a crash costs nothing, since offers are re-gossiped.
+
+use gpumesh_protocol::lease::{ProviderLease, RenterLease};
+use gpumesh_protocol::{LeaseId, OfferId};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use std::path::Path;
+
+/// Storage failures.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error(
+        "cannot open the store at {path}: {source}; if another gpumesh node uses this data dir, stop it first"
+    )]
+    Open { path: String, source: sled::Error },
+    #[error("store error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("GPU {gpu} is already reserved by lease {holder}")]
+    AlreadyReserved { gpu: String, holder: String },
+}
+
+/// The sled database and its trees.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: sled::Db,
+    offers: sled::Tree,
+    p_leases: sled::Tree,
+    gpus: sled::Tree,
+    r_leases: sled::Tree,
+    meta: sled::Tree,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `path`.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .mode(sled::Mode::LowSpace)
+            .cache_capacity(16 * 1024 * 1024)
+            .open()
+            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+        Ok(Store {
+            offers: db.open_tree("offers")?,
+            p_leases: db.open_tree("leases_provider")?,
+            gpus: db.open_tree("gpus")?,
+            r_leases: db.open_tree("leases_renter")?,
+            meta: db.open_tree("meta")?,
+            db,
+        })
+    }
+
+    /// Stores an offer envelope (not flushed).
+    pub fn put_offer(&self, id: &OfferId, envelope: &[u8]) -> Result<(), StoreError> {
+        self.offers.insert(id.as_bytes(), envelope)?;
+        Ok(())
+    }
+
+    /// Removes an offer (not flushed).
+    pub fn remove_offer(&self, id: &OfferId) -> Result<(), StoreError> {
+        self.offers.remove(id.as_bytes())?;
+        Ok(())
+    }
+
+    /// Every stored offer envelope. Unreadable entries are skipped (and counted).
+    pub fn offers(&self) -> (Vec<Vec<u8>>, usize) {
+        let mut bad = 0;
+        let v = self
+            .offers
+            .iter()
+            .filter_map(|r| match r {
+                Ok((_, v)) => Some(v.to_vec()),
+                Err(_) => {
+                    bad += 1;
+                    None
+                }
+            })
+            .collect();
+        (v, bad)
+    }
+
+    /// Reserves the next provider sequence number: above every number used before, even
+    /// across crashes (the counter is flushed before it is returned). `at_least` lets the
+    /// caller keep sequences above a clock-derived floor.
+    pub async fn next_seq(&self, at_least: u64) -> Result<u64, StoreError> {
+        let mut next = 0;
+        self.meta.fetch_and_update(b"seq", |old| {
+            let last = old.and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
+            next = last.saturating_add(1).max(at_least);
+            Some(next.to_be_bytes().to_vec())
+        })?;
+        self.db.flush_async().await?;
+        Ok(next)
+    }
+
+    /// Writes a provider lease and its GPU reservations atomically, then flushes. A live
+    /// lease (starting or active) reserves its GPUs; a finished one releases them.
+    pub async fn persist_provider_lease(&self, lease: &ProviderLease) -> Result<(), StoreError> {
+        let key = lease.lease_id.as_bytes().to_vec();
+        let value = gpumesh_protocol::envelope::encode_body(lease);
+        let live = lease.state.is_live();
+        let result = (&self.p_leases, &self.gpus).transaction(|(leases, gpus)| {
+            for g in &lease.gpus {
+                let holder = gpus.get(g.uuid.as_bytes())?;
+                let ours = holder.as_deref() == Some(&key[..]);
+                if live {
+                    if let Some(h) = holder.filter(|_| !ours) {
+                        return Err(ConflictableTransactionError::Abort(StoreError::AlreadyReserved {
+                            gpu: g.uuid.clone(),
+                            holder: lease_id_text(&h),
+                        }));
+                    }
+                    gpus.insert(g.uuid.as_bytes(), key.clone())?;
+                } else if ours {
+                    gpus.remove(g.uuid.as_bytes())?;
+                }
+            }
+            leases.insert(key.clone(), value.clone())?;
+            Ok(())
+        });
+        match result {
+            Ok(()) => {}
+            Err(TransactionError::Abort(e)) => return Err(e),
+            Err(TransactionError::Storage(e)) => return Err(e.into()),
+        }
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Every provider lease, and the number of unreadable records skipped.
+    pub fn provider_leases(&self) -> (Vec<ProviderLease>, usize) {
+        decode_all(&self.p_leases)
+    }
+
+    /// GPU uuid → lease id, as reserved on disk.
+    pub fn reservations(&self) -> Vec<(String, String)> {
+        self.gpus
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), lease_id_text(&v)))
+            .collect()
+    }
+
+    /// Writes a renter lease, then flushes.
+    pub async fn persist_renter_lease(&self, lease: &RenterLease) -> Result<(), StoreError> {
+        let value = gpumesh_protocol::envelope::encode_body(lease);
+        self.r_leases.insert(lease.lease_id.as_bytes(), value)?;
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Every renter lease, and the number of unreadable records skipped.
+    pub fn renter_leases(&self) -> (Vec<RenterLease>, usize) {
+        decode_all(&self.r_leases)
+    }
+
+    /// Flushes everything to disk.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+}
+
+fn lease_id_text(bytes: &[u8]) -> String {
+    bytes.try_into().map(|b| LeaseId::from_bytes(b).to_string()).unwrap_or_else(|_| hex::encode(bytes))
+}
+
+fn decode_all<T: serde::de::DeserializeOwned>(tree: &sled::Tree) -> (Vec<T>, usize) {
+    let mut bad = 0;
+    let mut out = Vec::new();
+    for item in tree.iter() {
+        match item
+            .map_err(|_| ())
+            .and_then(|(_, v)| gpumesh_protocol::envelope::decode_body::<T>(&v).map_err(|_| ()))
+        {
+            Ok(v) => out.push(v),
+            Err(()) => bad += 1,
+        }
+    }
+    (out, bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gpumesh_protocol::lease::{GpuUnit, LeaseState};
+    use gpumesh_protocol::{Bytes, NodeId, Price, Timestamp};
+
+    fn lease(id: u8, gpu: &str, state: LeaseState) -> ProviderLease {
+        ProviderLease {
+            lease_id: LeaseId::from_bytes([id; 8]),
+            renter: NodeId::from_bytes([1; 32]),
+            offer_id: OfferId::from_bytes([2; 8]),
+            gpus: vec![GpuUnit { uuid: gpu.into(), index: 0 }],
+            price: Price(1),
+            start: Timestamp(1),
+            end: Timestamp(2),
+            state,
+            request: Bytes(vec![]),
+            ssh_key: None,
+            access: String::new(),
+            grant: None,
+            receipt: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_gpu_cannot_be_reserved_twice_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.persist_provider_lease(&lease(1, "GPU-a", LeaseState::Active)).await.unwrap();
+        let err = s.persist_provider_lease(&lease(2, "GPU-a", LeaseState::Active)).await.unwrap_err();
+        assert!(matches!(err, StoreError::AlreadyReserved { .. }), "{err}");
+        // Ending the first frees the GPU for the second.
+        s.persist_provider_lease(&lease(1, "GPU-a", LeaseState::Expired)).await.unwrap();
+        s.persist_provider_lease(&lease(2, "GPU-a", LeaseState::Active)).await.unwrap();
+        assert_eq!(s.reservations(), vec![("GPU-a".to_string(), LeaseId::from_bytes([2; 8]).to_string())]);
+    }
+
+    #[tokio::test]
+    async fn leases_and_sequence_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.persist_provider_lease(&lease(1, "GPU-a", LeaseState::Active)).await.unwrap();
+            assert_eq!(s.next_seq(0).await.unwrap(), 1);
+            assert_eq!(s.next_seq(0).await.unwrap(), 2);
+            assert_eq!(s.next_seq(100).await.unwrap(), 100);
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.provider_leases().0.len(), 1);
+        assert_eq!(s.next_seq(0).await.unwrap(), 101);
+    }
+}

@@ -1,0 +1,201 @@
+//! [`OfferBook`]: the pure rules of an offer book. Latest sequence per offer wins,
+//! withdrawals remove (and leave a tombstone so an older copy cannot come back), expired offers
+//! disappear, and each provider holds at most a configured number of offers. Storage and
+//! networking live in the node; this is the decision logic and the in-memory index.
+
+use crate::envelope::Verified;
+use crate::error::Invalid;
+use crate::id::{NodeId, OfferId};
+use crate::offer::{Offer, Withdrawal};
+use crate::time::Timestamp;
+use std::collections::{BTreeSet, HashMap};
+
+/// Tunables of an [`OfferBook`].
+#[derive(Clone, Copy, Debug)]
+pub struct BookConfig {
+    /// Most offers (and, separately, tombstones) kept per provider.
+    pub max_offers_per_provider: usize,
+    /// How long a tombstone is kept after its withdrawal was issued, ms (the longest TTL an
+    /// offer may have, so no live copy of the retired offer can outlast it).
+    pub tombstone_ttl_ms: u64,
+}
+
+impl Default for BookConfig {
+    fn default() -> Self {
+        BookConfig { max_offers_per_provider: 64, tombstone_ttl_ms: 60 * 60 * 1000 }
+    }
+}
+
+/// What an accepted message changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BookChange {
+    /// A new offer id entered the book.
+    Added(OfferId),
+    /// A newer sequence of a known offer replaced the old one.
+    Replaced(OfferId),
+    /// An offer left the book (withdrawn).
+    Removed(OfferId),
+    /// A withdrawal for an offer the book never held: only a tombstone was recorded.
+    Tombstoned(OfferId),
+}
+
+#[derive(Clone, Debug)]
+struct Tombstone {
+    provider: NodeId,
+    seq: u64,
+    until: Timestamp,
+}
+
+/// The set of current, validated offers.
+#[derive(Debug, Default)]
+pub struct OfferBook {
+    config: BookConfig,
+    offers: HashMap<OfferId, Verified<Offer>>,
+    per_provider: HashMap<NodeId, usize>,
+    tombstones: HashMap<(NodeId, OfferId), Tombstone>,
+    tombstones_per_provider: HashMap<NodeId, usize>,
+    expiry: BTreeSet<(Timestamp, OfferId)>,
+}
+
+impl OfferBook {
+    /// An empty book.
+    pub fn new(config: BookConfig) -> OfferBook {
+        OfferBook { config, ..OfferBook::default() }
+    }
+
+    /// Admits an offer that already passed [`Offer::validate`]. Refuses a sequence that is
+    /// not newer than the held one or than a withdrawal of the same offer, a duplicate, and a
+    /// new offer from a provider at its cap.
+    pub fn insert(&mut self, offer: Verified<Offer>, now: Timestamp) -> Result<BookChange, Invalid> {
+        let id = offer.offer_id;
+        if offer.is_expired(now) {
+            return Err(Invalid::Expired { expires_at: offer.expires_at, now });
+        }
+        if let Some(t) = self.tombstones.get(&(offer.provider, id))
+            && t.until > now
+            && offer.seq <= t.seq
+        {
+            return Err(Invalid::StaleSequence { seq: offer.seq, latest: t.seq });
+        }
+        if let Some(held) = self.offers.get(&id) {
+            if held.bytes() == offer.bytes() {
+                return Err(Invalid::Duplicate);
+            }
+            if offer.seq <= held.seq {
+                return Err(Invalid::StaleSequence { seq: offer.seq, latest: held.seq });
+            }
+            // Same id means same provider: the id is derived from the provider's key.
+            self.expiry.remove(&(held.expires_at, id));
+            self.expiry.insert((offer.expires_at, id));
+            self.offers.insert(id, offer);
+            return Ok(BookChange::Replaced(id));
+        }
+        let count = self.per_provider.get(&offer.provider).copied().unwrap_or(0);
+        if count >= self.config.max_offers_per_provider {
+            return Err(Invalid::ProviderCapReached);
+        }
+        *self.per_provider.entry(offer.provider).or_default() += 1;
+        self.expiry.insert((offer.expires_at, id));
+        self.offers.insert(id, offer);
+        Ok(BookChange::Added(id))
+    }
+
+    /// Applies a withdrawal that already passed [`Withdrawal::validate`].
+    pub fn withdraw(&mut self, w: &Verified<Withdrawal>, now: Timestamp) -> Result<BookChange, Invalid> {
+        let id = w.offer_id;
+        if let Some(held) = self.offers.get(&id) {
+            if held.provider != w.provider {
+                return Err(Invalid::NotOwner);
+            }
+            if w.seq <= held.seq {
+                return Err(Invalid::StaleSequence { seq: w.seq, latest: held.seq });
+            }
+        }
+        let key = (w.provider, id);
+        match self.tombstones.get(&key) {
+            Some(t) if t.seq >= w.seq => return Err(Invalid::Duplicate),
+            Some(_) => {}
+            None => {
+                let count = self.tombstones_per_provider.get(&w.provider).copied().unwrap_or(0);
+                if count >= self.config.max_offers_per_provider {
+                    return Err(Invalid::ProviderCapReached);
+                }
+                *self.tombstones_per_provider.entry(w.provider).or_default() += 1;
+            }
+        }
+        let until = w.issued_at.plus_millis(self.config.tombstone_ttl_ms).max(now);
+        self.tombstones.insert(key, Tombstone { provider: w.provider, seq: w.seq, until });
+        Ok(match self.remove(&id) {
+            Some(_) => BookChange::Removed(id),
+            None => BookChange::Tombstoned(id),
+        })
+    }
+
+    fn remove(&mut self, id: &OfferId) -> Option<Verified<Offer>> {
+        let offer = self.offers.remove(id)?;
+        self.expiry.remove(&(offer.expires_at, *id));
+        if let Some(c) = self.per_provider.get_mut(&offer.provider) {
+            *c -= 1;
+            if *c == 0 {
+                self.per_provider.remove(&offer.provider);
+            }
+        }
+        Some(offer)
+    }
+
+    /// Removes every offer expired at `now` and every stale tombstone; returns the removed
+    /// offer ids.
+    pub fn sweep(&mut self, now: Timestamp) -> Vec<OfferId> {
+        let mut gone = Vec::new();
+        while let Some(&(at, id)) = self.expiry.first() {
+            if at > now {
+                break;
+            }
+            self.remove(&id);
+            gone.push(id);
+        }
+        let before = self.tombstones.len();
+        if before > 0 {
+            let per = &mut self.tombstones_per_provider;
+            self.tombstones.retain(|_, t| {
+                let keep = t.until > now;
+                if !keep && let Some(c) = per.get_mut(&t.provider) {
+                    *c = c.saturating_sub(1);
+                }
+                keep
+            });
+            per.retain(|_, c| *c > 0);
+        }
+        gone
+    }
+
+    /// The offer with this id, unless expired at `now`.
+    pub fn get(&self, id: &OfferId, now: Timestamp) -> Option<&Verified<Offer>> {
+        self.offers.get(id).filter(|o| !o.is_expired(now))
+    }
+
+    /// Every offer not expired at `now`, in no particular order.
+    pub fn live(&self, now: Timestamp) -> impl Iterator<Item = &Verified<Offer>> {
+        self.offers.values().filter(move |o| !o.is_expired(now))
+    }
+
+    /// Offers of one provider, not expired at `now`.
+    pub fn by_provider(&self, provider: NodeId, now: Timestamp) -> impl Iterator<Item = &Verified<Offer>> {
+        self.live(now).filter(move |o| o.provider == provider)
+    }
+
+    /// Number of offers held (expired ones included until the next sweep).
+    pub fn len(&self) -> usize {
+        self.offers.len()
+    }
+
+    /// Whether the book holds no offer.
+    pub fn is_empty(&self) -> bool {
+        self.offers.is_empty()
+    }
+
+    /// Number of distinct providers with offers.
+    pub fn providers(&self) -> usize {
+        self.per_provider.len()
+    }
+}

@@ -1,0 +1,124 @@
+//! Small byte-string newtypes that travel as CBOR byte strings (and as hex in JSON).
+
+use crate::id::{FixedBytes, decode_hex, to_hex};
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+
+/// An owned byte string: CBOR major type 2 on the wire (serde would otherwise write a
+/// `Vec<u8>` as an array of integers), lowercase hex in JSON.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct Bytes(pub Vec<u8>);
+
+impl fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Bytes({} bytes)", self.0.len())
+    }
+}
+
+impl Serialize for Bytes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() { s.serialize_str(&to_hex(&self.0)) } else { s.serialize_bytes(&self.0) }
+    }
+}
+
+struct BytesVisitor;
+
+impl<'de> Visitor<'de> for BytesVisitor {
+    type Value = Vec<u8>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a byte string")
+    }
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+        Ok(v.to_vec())
+    }
+    fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+        Ok(v)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<u8>, E> {
+        if !v.len().is_multiple_of(2) {
+            return Err(E::custom("odd-length hex"));
+        }
+        (0..v.len() / 2)
+            .map(|i| decode_hex::<1>(&v[2 * i..2 * i + 2]).map(|b| b[0]))
+            .collect::<Option<Vec<u8>>>()
+            .ok_or_else(|| E::custom("invalid hex"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            d.deserialize_str(BytesVisitor).map(Bytes)
+        } else {
+            d.deserialize_byte_buf(BytesVisitor).map(Bytes)
+        }
+    }
+}
+
+macro_rules! fixed_bytes {
+    ($(#[$doc:meta])* $name:ident, $n:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(pub [u8; $n]);
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!(stringify!($name), "({})"), to_hex(&self.0))
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&to_hex(&self.0))
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                if s.is_human_readable() {
+                    s.serialize_str(&to_hex(&self.0))
+                } else {
+                    s.serialize_bytes(&self.0)
+                }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                if d.is_human_readable() {
+                    let s = String::deserialize(d)?;
+                    decode_hex::<$n>(&s)
+                        .map($name)
+                        .ok_or_else(|| de::Error::custom(concat!("expected ", $n, " bytes of hex")))
+                } else {
+                    d.deserialize_bytes(FixedBytes::<$n>).map($name)
+                }
+            }
+        }
+    };
+}
+
+fixed_bytes!(
+    /// A renter's per-request random value: 16 bytes. Makes every lease request unique and
+    /// lets a provider refuse a replayed one.
+    Nonce,
+    16
+);
+
+fixed_bytes!(
+    /// SHA-256 of a message's exact envelope bytes; binds a reply to its request.
+    Digest32,
+    32
+);
+
+impl Digest32 {
+    /// SHA-256 of `bytes`.
+    pub fn of(bytes: &[u8]) -> Digest32 {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(bytes);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(&d);
+        Digest32(out)
+    }
+}

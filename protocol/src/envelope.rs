@@ -1,0 +1,354 @@
+//! The signed envelope every message travels in, and [`Verified`], the only way to hold a
+//! message whose signature was checked.
+//!
+//! Wire form (a CBOR array of four items, definite lengths):
+//!
+//! ```text
+//! [ kind: uint, signer: bstr .size 32, body: bstr, signature: bstr .size 64 ]
+//! ```
+//!
+//! The signature is ed25519 (strict verification) over `domain_tag(kind) || body`. The body is
+//! itself CBOR; it is decoded only after the signature over its exact bytes has been checked,
+//! and never re-encoded to be verified.
+
+use crate::error::Invalid;
+use crate::id::NodeId;
+use ed25519_dalek::{Signature, Signer, SigningKey};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+
+/// Message kinds. A closed set: any other number is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum Kind {
+    Offer = 1,
+    Withdrawal = 2,
+    LeaseRequest = 3,
+    LeaseGrant = 4,
+    LeaseReject = 5,
+    LeaseRelease = 6,
+    UsageReceipt = 7,
+}
+
+/// Largest envelope for offers and withdrawals (gossip), in bytes.
+pub const MAX_GOSSIP_ENVELOPE: usize = 4096;
+/// Largest envelope for lease messages (they may carry access details), in bytes.
+pub const MAX_LEASE_ENVELOPE: usize = 16 * 1024;
+
+impl Kind {
+    /// Every kind, in numeric order.
+    pub const ALL: [Kind; 7] = [
+        Kind::Offer,
+        Kind::Withdrawal,
+        Kind::LeaseRequest,
+        Kind::LeaseGrant,
+        Kind::LeaseReject,
+        Kind::LeaseRelease,
+        Kind::UsageReceipt,
+    ];
+
+    /// The domain tag prepended to the body before signing. No tag is a prefix of another.
+    pub fn domain_tag(self) -> &'static [u8] {
+        match self {
+            Kind::Offer => b"gpumesh/offer/v1",
+            Kind::Withdrawal => b"gpumesh/withdrawal/v1",
+            Kind::LeaseRequest => b"gpumesh/lease-request/v1",
+            Kind::LeaseGrant => b"gpumesh/lease-grant/v1",
+            Kind::LeaseReject => b"gpumesh/lease-reject/v1",
+            Kind::LeaseRelease => b"gpumesh/lease-release/v1",
+            Kind::UsageReceipt => b"gpumesh/usage-receipt/v1",
+        }
+    }
+
+    /// The largest envelope of this kind, in bytes.
+    pub fn max_envelope(self) -> usize {
+        match self {
+            Kind::Offer | Kind::Withdrawal => MAX_GOSSIP_ENVELOPE,
+            _ => MAX_LEASE_ENVELOPE,
+        }
+    }
+
+    fn from_u64(v: u64) -> Result<Kind, Invalid> {
+        Kind::ALL.into_iter().find(|k| *k as u64 == v).ok_or(Invalid::UnknownKind(v))
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            Kind::Offer => "offer",
+            Kind::Withdrawal => "withdrawal",
+            Kind::LeaseRequest => "lease-request",
+            Kind::LeaseGrant => "lease-grant",
+            Kind::LeaseReject => "lease-reject",
+            Kind::LeaseRelease => "lease-release",
+            Kind::UsageReceipt => "usage-receipt",
+        };
+        f.write_str(s)
+    }
+}
+
+/// A message body that travels signed.
+pub trait Body: Serialize + DeserializeOwned {
+    /// The envelope kind of this body.
+    const KIND: Kind;
+    /// The node the body says signed it (the provider of an offer, the renter of a request…).
+    fn claimed_signer(&self) -> &NodeId;
+}
+
+/// The parts of an envelope, borrowed from the received bytes. Nothing here is verified.
+#[derive(Debug, Clone, Copy)]
+pub struct RawEnvelope<'a> {
+    pub kind: Kind,
+    pub signer: NodeId,
+    pub body: &'a [u8],
+    pub signature: [u8; 64],
+}
+
+impl<'a> RawEnvelope<'a> {
+    /// Splits envelope bytes into their parts. Checks the size limit of the kind first (and
+    /// the largest limit of any kind before reading anything), then the exact CBOR layout.
+    pub fn parse(bytes: &'a [u8]) -> Result<RawEnvelope<'a>, Invalid> {
+        if bytes.len() > MAX_LEASE_ENVELOPE {
+            return Err(Invalid::Oversized { len: bytes.len(), max: MAX_LEASE_ENVELOPE });
+        }
+        let mut r = Reader { buf: bytes };
+        if r.byte()? != 0x84 {
+            return Err(Invalid::MalformedEnvelope("not a CBOR array of 4 items"));
+        }
+        let (major, kind) = r.head()?;
+        if major != 0 {
+            return Err(Invalid::MalformedEnvelope("kind is not an unsigned integer"));
+        }
+        let kind = Kind::from_u64(kind)?;
+        if bytes.len() > kind.max_envelope() {
+            return Err(Invalid::Oversized { len: bytes.len(), max: kind.max_envelope() });
+        }
+        let signer: [u8; 32] =
+            r.bstr()?.try_into().map_err(|_| Invalid::MalformedEnvelope("signer is not 32 bytes"))?;
+        let body = r.bstr()?;
+        let signature: [u8; 64] =
+            r.bstr()?.try_into().map_err(|_| Invalid::MalformedEnvelope("signature is not 64 bytes"))?;
+        if !r.buf.is_empty() {
+            return Err(Invalid::MalformedEnvelope("trailing bytes after the envelope"));
+        }
+        Ok(RawEnvelope { kind, signer: NodeId::from_bytes(signer), body, signature })
+    }
+
+    /// The exact bytes the signature covers: `domain_tag || body`.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let tag = self.kind.domain_tag();
+        let mut m = Vec::with_capacity(tag.len() + self.body.len());
+        m.extend_from_slice(tag);
+        m.extend_from_slice(self.body);
+        m
+    }
+
+    /// Strict ed25519 verification of the signature over `domain_tag || body`.
+    pub fn verify_signature(&self) -> Result<(), Invalid> {
+        let key = self.signer.verifying_key().map_err(|_| Invalid::BadSignerKey)?;
+        let sig = Signature::from_bytes(&self.signature);
+        key.verify_strict(&self.signed_bytes(), &sig).map_err(|_| Invalid::BadSignature)
+    }
+}
+
+/// Minimal reader for the envelope's fixed CBOR layout.
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn byte(&mut self) -> Result<u8, Invalid> {
+        let (&b, rest) = self.buf.split_first().ok_or(Invalid::MalformedEnvelope("truncated"))?;
+        self.buf = rest;
+        Ok(b)
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Invalid> {
+        if self.buf.len() < n {
+            return Err(Invalid::MalformedEnvelope("truncated"));
+        }
+        let (a, b) = self.buf.split_at(n);
+        self.buf = b;
+        Ok(a)
+    }
+
+    /// Reads a CBOR head: (major type, argument). Indefinite lengths are refused.
+    fn head(&mut self) -> Result<(u8, u64), Invalid> {
+        let b = self.byte()?;
+        let major = b >> 5;
+        let info = b & 0x1f;
+        let arg = match info {
+            0..=23 => info as u64,
+            24 => self.byte()? as u64,
+            25 => u16::from_be_bytes(self.take(2)?.try_into().unwrap_or_default()) as u64,
+            26 => u32::from_be_bytes(self.take(4)?.try_into().unwrap_or_default()) as u64,
+            27 => u64::from_be_bytes(self.take(8)?.try_into().unwrap_or_default()),
+            _ => return Err(Invalid::MalformedEnvelope("indefinite or reserved length")),
+        };
+        Ok((major, arg))
+    }
+
+    fn bstr(&mut self) -> Result<&'a [u8], Invalid> {
+        let (major, len) = self.head()?;
+        if major != 2 {
+            return Err(Invalid::MalformedEnvelope("expected a byte string"));
+        }
+        let len = usize::try_from(len).map_err(|_| Invalid::MalformedEnvelope("truncated"))?;
+        self.take(len)
+    }
+}
+
+fn write_head(out: &mut Vec<u8>, major: u8, arg: u64) {
+    let m = major << 5;
+    match arg {
+        0..=23 => out.push(m | arg as u8),
+        24..=0xff => out.extend_from_slice(&[m | 24, arg as u8]),
+        0x100..=0xffff => {
+            out.push(m | 25);
+            out.extend_from_slice(&(arg as u16).to_be_bytes());
+        }
+        0x1_0000..=0xffff_ffff => {
+            out.push(m | 26);
+            out.extend_from_slice(&(arg as u32).to_be_bytes());
+        }
+        _ => {
+            out.push(m | 27);
+            out.extend_from_slice(&arg.to_be_bytes());
+        }
+    }
+}
+
+/// Encodes a body to CBOR.
+pub fn encode_body<T: Serialize>(body: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    // Writing into a Vec cannot fail, and every body type serializes to CBOR.
+    ciborium::into_writer(body, &mut out).expect("CBOR encoding into a Vec is infallible");
+    out
+}
+
+/// Decodes a CBOR body, refusing trailing bytes.
+pub fn decode_body<T: DeserializeOwned>(mut bytes: &[u8]) -> Result<T, Invalid> {
+    let v = ciborium::from_reader(&mut bytes).map_err(|e| Invalid::MalformedBody(short_error(&e)))?;
+    if !bytes.is_empty() {
+        return Err(Invalid::MalformedBody("trailing bytes after the body".into()));
+    }
+    Ok(v)
+}
+
+fn short_error<E: fmt::Debug>(e: &ciborium::de::Error<E>) -> String {
+    match e {
+        ciborium::de::Error::Semantic(_, msg) => msg.clone(),
+        ciborium::de::Error::Syntax(at) => format!("invalid CBOR at byte {at}"),
+        ciborium::de::Error::Io(_) => "truncated".into(),
+        ciborium::de::Error::RecursionLimitExceeded => "nested too deeply".into(),
+    }
+}
+
+/// Builds envelope bytes from already-encoded body bytes and a signature.
+pub fn assemble(kind: Kind, signer: &NodeId, body: &[u8], signature: &[u8; 64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 110);
+    out.push(0x84);
+    write_head(&mut out, 0, kind as u64);
+    write_head(&mut out, 2, 32);
+    out.extend_from_slice(signer.as_bytes());
+    write_head(&mut out, 2, body.len() as u64);
+    out.extend_from_slice(body);
+    write_head(&mut out, 2, 64);
+    out.extend_from_slice(signature);
+    out
+}
+
+/// Encodes `body`, signs `domain_tag || body` with `key` and returns the envelope bytes.
+pub fn seal<T: Body>(key: &SigningKey, body: &T) -> Vec<u8> {
+    let body_bytes = encode_body(body);
+    let tag = T::KIND.domain_tag();
+    let mut msg = Vec::with_capacity(tag.len() + body_bytes.len());
+    msg.extend_from_slice(tag);
+    msg.extend_from_slice(&body_bytes);
+    let sig = key.sign(&msg).to_bytes();
+    let signer = NodeId::from_bytes(key.verifying_key().to_bytes());
+    assemble(T::KIND, &signer, &body_bytes, &sig)
+}
+
+/// Checks and opens an envelope of kind `T::KIND`: size, layout, kind, strict signature over
+/// the exact bytes, then decodes the body and checks that the body names its signer.
+pub fn open<T: Body>(bytes: &[u8]) -> Result<Verified<T>, Invalid> {
+    let raw = RawEnvelope::parse(bytes)?;
+    open_raw(bytes, raw)
+}
+
+/// Like [`open`], on an envelope already split by [`RawEnvelope::parse`].
+pub fn open_raw<T: Body>(bytes: &[u8], raw: RawEnvelope<'_>) -> Result<Verified<T>, Invalid> {
+    if raw.kind != T::KIND {
+        return Err(Invalid::WrongKind { expected: T::KIND, got: raw.kind });
+    }
+    raw.verify_signature()?;
+    let body: T = decode_body(raw.body)?;
+    if body.claimed_signer() != &raw.signer {
+        return Err(Invalid::SignerMismatch);
+    }
+    Ok(Verified { body, signer: raw.signer, bytes: Arc::from(bytes) })
+}
+
+/// A message whose envelope signature was verified and whose body names its signer. The only
+/// constructors are [`open`], [`open_raw`] and [`Verified::seal`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Verified<T> {
+    body: T,
+    signer: NodeId,
+    bytes: Arc<[u8]>,
+}
+
+impl<T: Body> Verified<T> {
+    /// Signs a body of our own. The result is verified by construction.
+    pub fn seal(key: &SigningKey, body: T) -> Verified<T> {
+        let bytes = seal(key, &body);
+        let signer = NodeId::from_bytes(key.verifying_key().to_bytes());
+        Verified { body, signer, bytes: Arc::from(bytes) }
+    }
+}
+
+impl<T> Verified<T> {
+    /// The verified body.
+    pub fn body(&self) -> &T {
+        &self.body
+    }
+    /// Who signed it.
+    pub fn signer(&self) -> &NodeId {
+        &self.signer
+    }
+    /// The exact envelope bytes that were verified (to store or forward).
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+    /// A cheap shared handle on the envelope bytes.
+    pub fn shared_bytes(&self) -> Arc<[u8]> {
+        self.bytes.clone()
+    }
+    /// Drops the proof and keeps the body.
+    pub fn into_body(self) -> T {
+        self.body
+    }
+}
+
+impl<T> Deref for Verified<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.body
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Verified<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verified").field("signer", &self.signer).field("body", &self.body).finish()
+    }
+}
+
+/// Reads only the kind of an envelope (for dispatch), after the size check.
+pub fn peek_kind(bytes: &[u8]) -> Result<Kind, Invalid> {
+    RawEnvelope::parse(bytes).map(|r| r.kind)
+}

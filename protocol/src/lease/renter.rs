@@ -1,0 +1,460 @@
+//! The renter's side of leasing as a sans-IO state machine: [`RenterEngine`].
+//!
+//! It signs requests and releases, checks every reply against what it asked (signer, request
+//! digest, lease id, GPU count, price, duration), and asks the provider for a receipt when a
+//! lease's time is up. Outputs are carried out in order; `Persist` before the next `Send`.
+
+use super::messages::*;
+use super::{LeaseState, RenterLease};
+use crate::bytes::{Bytes, Digest32, Nonce};
+use crate::envelope::{Body, Verified, open};
+use crate::error::Invalid;
+use crate::id::{LeaseId, NodeId, OfferId};
+use crate::offer::PROTOCOL_VERSION;
+use crate::price::Price;
+use crate::time::Timestamp;
+use crate::wire::{LeaseRpc, LeaseRpcReply};
+use ed25519_dalek::SigningKey;
+use std::collections::HashMap;
+
+/// Settings of a [`RenterEngine`].
+#[derive(Clone, Debug)]
+pub struct RenterConfig {
+    pub network: String,
+    /// How long after a lease's end to keep asking for its receipt before recording it as
+    /// expired without one, ms.
+    pub receipt_grace_ms: u64,
+    /// Pause between receipt checks, ms.
+    pub status_retry_ms: u64,
+}
+
+/// What the renter wants to lease.
+#[derive(Clone, Debug)]
+pub struct LeaseAsk {
+    pub provider: NodeId,
+    pub offer_id: OfferId,
+    /// The price the renter saw in the offer.
+    pub price: Price,
+    pub max_price: Price,
+    pub gpus: u32,
+    pub duration_s: u64,
+    pub ssh_key: Option<String>,
+    /// Fresh randomness from the caller (the engine never draws its own).
+    pub nonce: Nonce,
+}
+
+/// What happens to the renter engine.
+#[derive(Debug)]
+pub enum RenterInput {
+    /// Start a lease.
+    Lease(LeaseAsk),
+    /// The provider answered a message we sent about `lease_id`.
+    Reply { lease_id: LeaseId, reply: LeaseRpcReply },
+    /// A message about `lease_id` could not be delivered or answered.
+    SendFailed { lease_id: LeaseId, error: String },
+    /// End a lease early.
+    Release { lease_id: LeaseId },
+    /// A timer set with `ScheduleTimer` fired.
+    Timer { lease_id: LeaseId },
+    /// Leases read back from storage after a restart.
+    Restore(Vec<RenterLease>),
+}
+
+/// What the node must do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RenterOutput {
+    Persist(RenterLease),
+    Send { provider: NodeId, lease_id: LeaseId, rpc: LeaseRpc },
+    ScheduleTimer { lease_id: LeaseId, at: Timestamp },
+    Event(RenterEvent),
+}
+
+/// Outcomes worth telling the user about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RenterEvent {
+    Granted(LeaseId),
+    Rejected {
+        lease_id: LeaseId,
+        reason: RejectReason,
+        detail: String,
+    },
+    Failed {
+        lease_id: LeaseId,
+        why: String,
+    },
+    Ended {
+        lease_id: LeaseId,
+        state: LeaseState,
+    },
+    /// The provider refused a release.
+    ReleaseRefused {
+        lease_id: LeaseId,
+        reason: RejectReason,
+        detail: String,
+    },
+    /// The provider sent something that does not check out (it is not trusted).
+    BadReply {
+        lease_id: LeaseId,
+        why: String,
+    },
+}
+
+/// Mistakes in a local command (never caused by a peer).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RenterError {
+    #[error("no lease {0} on this node")]
+    UnknownLease(LeaseId),
+    #[error("lease {0} is {1}, not active")]
+    NotActive(LeaseId, &'static str),
+    #[error("a lease with this nonce already exists: {0}")]
+    DuplicateNonce(LeaseId),
+    #[error("cannot lease zero GPUs")]
+    ZeroGpus,
+}
+
+/// The renter's lease state machine.
+#[derive(Debug)]
+pub struct RenterEngine {
+    key: SigningKey,
+    me: NodeId,
+    config: RenterConfig,
+    leases: HashMap<LeaseId, RenterLease>,
+}
+
+impl RenterEngine {
+    /// A new engine that signs with `key`.
+    pub fn new(key: SigningKey, config: RenterConfig) -> RenterEngine {
+        let me = NodeId::from_bytes(key.verifying_key().to_bytes());
+        RenterEngine { key, me, config, leases: HashMap::new() }
+    }
+
+    /// One lease.
+    pub fn lease(&self, id: &LeaseId) -> Option<&RenterLease> {
+        self.leases.get(id)
+    }
+
+    /// Every lease.
+    pub fn leases(&self) -> impl Iterator<Item = &RenterLease> {
+        self.leases.values()
+    }
+
+    /// Handles one input at `now`. Errors only for local commands that make no sense.
+    pub fn handle(&mut self, input: RenterInput, now: Timestamp) -> Result<Vec<RenterOutput>, RenterError> {
+        let mut out = Vec::new();
+        match input {
+            RenterInput::Lease(ask) => self.start(ask, now, &mut out)?,
+            RenterInput::Reply { lease_id, reply } => self.on_reply(lease_id, reply, now, &mut out),
+            RenterInput::SendFailed { lease_id, error } => {
+                self.on_send_failed(lease_id, error, now, &mut out)
+            }
+            RenterInput::Release { lease_id } => {
+                let l = self.leases.get(&lease_id).ok_or(RenterError::UnknownLease(lease_id))?;
+                if l.state != LeaseState::Active {
+                    return Err(RenterError::NotActive(lease_id, l.state.as_str()));
+                }
+                let body = LeaseRelease {
+                    v: PROTOCOL_VERSION,
+                    network: self.config.network.clone(),
+                    lease_id,
+                    renter: self.me,
+                    provider: l.provider,
+                    issued_at: now,
+                };
+                let env = Verified::seal(&self.key, body);
+                out.push(RenterOutput::Send {
+                    provider: l.provider,
+                    lease_id,
+                    rpc: LeaseRpc::Release(Bytes(env.bytes().to_vec())),
+                });
+            }
+            RenterInput::Timer { lease_id } => self.on_timer(lease_id, now, &mut out),
+            RenterInput::Restore(leases) => {
+                for l in leases {
+                    let id = l.lease_id;
+                    match l.state {
+                        // We stopped before the answer came: ask the provider what happened.
+                        LeaseState::Requested => out.push(RenterOutput::Send {
+                            provider: l.provider,
+                            lease_id: id,
+                            rpc: LeaseRpc::Status(id),
+                        }),
+                        LeaseState::Active => {
+                            out.push(RenterOutput::ScheduleTimer { lease_id: id, at: l.end.unwrap_or(now) })
+                        }
+                        _ => {}
+                    }
+                    self.leases.insert(id, l);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn start(
+        &mut self,
+        ask: LeaseAsk,
+        now: Timestamp,
+        out: &mut Vec<RenterOutput>,
+    ) -> Result<(), RenterError> {
+        if ask.gpus == 0 {
+            return Err(RenterError::ZeroGpus);
+        }
+        let lease_id = LeaseId::derive(&ask.provider, &self.me, &ask.nonce.0);
+        if self.leases.contains_key(&lease_id) {
+            return Err(RenterError::DuplicateNonce(lease_id));
+        }
+        let req = LeaseRequest {
+            v: PROTOCOL_VERSION,
+            network: self.config.network.clone(),
+            renter: self.me,
+            provider: ask.provider,
+            offer_id: ask.offer_id,
+            gpus: ask.gpus,
+            duration_s: ask.duration_s,
+            price: ask.price,
+            max_price: ask.max_price,
+            nonce: ask.nonce,
+            issued_at: now,
+            ssh_key: ask.ssh_key,
+        };
+        let env = Bytes(Verified::seal(&self.key, req).bytes().to_vec());
+        let lease = RenterLease {
+            lease_id,
+            provider: ask.provider,
+            offer_id: ask.offer_id,
+            gpus: ask.gpus,
+            duration_s: ask.duration_s,
+            price: ask.price,
+            state: LeaseState::Requested,
+            requested_at: now,
+            request: env.clone(),
+            gpu_uuids: Vec::new(),
+            start: None,
+            end: None,
+            access: String::new(),
+            grant: None,
+            receipt: None,
+            reason: None,
+            reject: None,
+        };
+        out.push(RenterOutput::Persist(lease.clone()));
+        out.push(RenterOutput::Send { provider: ask.provider, lease_id, rpc: LeaseRpc::Request(env) });
+        self.leases.insert(lease_id, lease);
+        Ok(())
+    }
+
+    /// Opens a reply envelope and checks it is the provider's.
+    fn open_from<T: Body>(provider: &NodeId, bytes: &[u8]) -> Result<Verified<T>, String> {
+        let v = open::<T>(bytes).map_err(|e: Invalid| e.to_string())?;
+        if v.signer() != provider {
+            return Err("signed by someone other than the provider".into());
+        }
+        Ok(v)
+    }
+
+    fn check_grant(&self, l: &RenterLease, bytes: &[u8]) -> Result<Verified<LeaseGrant>, String> {
+        let g = Self::open_from::<LeaseGrant>(&l.provider, bytes)?;
+        let ok = g.request == Digest32::of(&l.request.0)
+            && g.lease_id == l.lease_id
+            && g.renter == self.me
+            && g.network == self.config.network
+            && g.offer_id == l.offer_id
+            && g.gpu_uuids.len() == l.gpus as usize
+            && g.gpu_indices.len() == l.gpus as usize
+            && g.price == l.price
+            && g.end.millis_since(g.start) == l.duration_s.saturating_mul(1000);
+        if ok { Ok(g) } else { Err("grant does not match the request".into()) }
+    }
+
+    fn check_receipt(&self, l: &RenterLease, bytes: &[u8]) -> Result<Verified<UsageReceipt>, String> {
+        let r = Self::open_from::<UsageReceipt>(&l.provider, bytes)?;
+        let ok = r.lease_id == l.lease_id
+            && r.renter == self.me
+            && r.network == self.config.network
+            && r.amount == r.price.cost(r.gpu_uuids.len() as u32, r.end.millis_since(r.start));
+        if ok { Ok(r) } else { Err("receipt does not match the lease".into()) }
+    }
+
+    fn on_reply(
+        &mut self,
+        lease_id: LeaseId,
+        reply: LeaseRpcReply,
+        now: Timestamp,
+        out: &mut Vec<RenterOutput>,
+    ) {
+        let Some(l) = self.leases.get(&lease_id) else { return };
+        let state = l.state;
+        match (state, reply) {
+            (LeaseState::Requested, LeaseRpcReply::Grant(b) | LeaseRpcReply::Active(b)) => {
+                match self.check_grant(l, &b.0) {
+                    Ok(g) => self.activate(lease_id, g, b, out),
+                    Err(why) => self.fail(lease_id, format!("provider sent a bad grant: {why}"), out),
+                }
+            }
+            (LeaseState::Requested, LeaseRpcReply::Reject(b)) => {
+                match Self::open_from::<LeaseReject>(&l.provider, &b.0) {
+                    Ok(r) if r.request == Digest32::of(&l.request.0) => {
+                        let l = self.leases.get_mut(&lease_id).expect("lease looked up above");
+                        l.state = LeaseState::Rejected;
+                        l.reject = Some(r.reason);
+                        l.reason = Some(if r.detail.is_empty() {
+                            r.reason.explain().to_string()
+                        } else {
+                            format!("{}: {}", r.reason.explain(), r.detail)
+                        });
+                        out.push(RenterOutput::Persist(l.clone()));
+                        out.push(RenterOutput::Event(RenterEvent::Rejected {
+                            lease_id,
+                            reason: r.reason,
+                            detail: r.detail.clone(),
+                        }));
+                    }
+                    Ok(_) => self.fail(lease_id, "provider sent a reject for another request".into(), out),
+                    Err(why) => self.fail(lease_id, format!("provider sent a bad reject: {why}"), out),
+                }
+            }
+            (LeaseState::Requested, LeaseRpcReply::Receipt(b))
+            | (LeaseState::Active, LeaseRpcReply::Receipt(b)) => match self.check_receipt(l, &b.0) {
+                Ok(r) => {
+                    let l = self.leases.get_mut(&lease_id).expect("lease looked up above");
+                    l.state = match r.ended_by {
+                        EndReason::Released => LeaseState::Released,
+                        EndReason::Expired => LeaseState::Expired,
+                    };
+                    l.start = Some(r.start);
+                    l.end = Some(r.end);
+                    l.gpu_uuids = r.gpu_uuids.clone();
+                    l.receipt = Some(b);
+                    out.push(RenterOutput::Persist(l.clone()));
+                    out.push(RenterOutput::Event(RenterEvent::Ended { lease_id, state: l.state }));
+                }
+                Err(why) => out.push(RenterOutput::Event(RenterEvent::BadReply {
+                    lease_id,
+                    why: format!("bad receipt: {why}"),
+                })),
+            },
+            (LeaseState::Requested, LeaseRpcReply::Unknown) => {
+                self.fail(lease_id, "the provider has no record of this request".into(), out)
+            }
+            (LeaseState::Active, LeaseRpcReply::Active(_)) => {
+                // Still running by the provider's clock: ask again later.
+                let end = l.end.unwrap_or(now);
+                let at = if now < end { end } else { now.plus_millis(self.config.status_retry_ms) };
+                out.push(RenterOutput::ScheduleTimer { lease_id, at });
+            }
+            (LeaseState::Active, LeaseRpcReply::Reject(b)) => {
+                match Self::open_from::<LeaseReject>(&l.provider, &b.0) {
+                    Ok(r) => out.push(RenterOutput::Event(RenterEvent::ReleaseRefused {
+                        lease_id,
+                        reason: r.reason,
+                        detail: r.detail.clone(),
+                    })),
+                    Err(why) => out.push(RenterOutput::Event(RenterEvent::BadReply { lease_id, why })),
+                }
+            }
+            (LeaseState::Active, LeaseRpcReply::Unknown) => {
+                if l.end.is_some_and(|e| now >= e) {
+                    self.finish_without_receipt(lease_id, "the provider has no record of this lease", out);
+                }
+            }
+            (_, other) => out.push(RenterOutput::Event(RenterEvent::BadReply {
+                lease_id,
+                why: format!("unexpected reply {} for a {} lease", reply_name(&other), state.as_str()),
+            })),
+        }
+    }
+
+    fn activate(
+        &mut self,
+        lease_id: LeaseId,
+        g: Verified<LeaseGrant>,
+        bytes: Bytes,
+        out: &mut Vec<RenterOutput>,
+    ) {
+        let l = self.leases.get_mut(&lease_id).expect("caller looked the lease up");
+        l.state = LeaseState::Active;
+        l.gpu_uuids = g.gpu_uuids.clone();
+        l.start = Some(g.start);
+        l.end = Some(g.end);
+        l.access = g.access.clone();
+        l.grant = Some(bytes);
+        out.push(RenterOutput::Persist(l.clone()));
+        out.push(RenterOutput::ScheduleTimer { lease_id, at: g.end });
+        out.push(RenterOutput::Event(RenterEvent::Granted(lease_id)));
+    }
+
+    fn fail(&mut self, lease_id: LeaseId, why: String, out: &mut Vec<RenterOutput>) {
+        let l = self.leases.get_mut(&lease_id).expect("caller looked the lease up");
+        l.state = LeaseState::Failed;
+        l.reason = Some(why.clone());
+        out.push(RenterOutput::Persist(l.clone()));
+        out.push(RenterOutput::Event(RenterEvent::Failed { lease_id, why }));
+    }
+
+    fn finish_without_receipt(&mut self, lease_id: LeaseId, why: &str, out: &mut Vec<RenterOutput>) {
+        let l = self.leases.get_mut(&lease_id).expect("caller looked the lease up");
+        l.state = LeaseState::Expired;
+        l.reason = Some(format!("ended without a receipt: {why}"));
+        out.push(RenterOutput::Persist(l.clone()));
+        out.push(RenterOutput::Event(RenterEvent::Ended { lease_id, state: LeaseState::Expired }));
+    }
+
+    fn on_send_failed(
+        &mut self,
+        lease_id: LeaseId,
+        error: String,
+        now: Timestamp,
+        out: &mut Vec<RenterOutput>,
+    ) {
+        let Some(l) = self.leases.get(&lease_id) else { return };
+        match l.state {
+            LeaseState::Requested => {
+                self.fail(lease_id, format!("no answer from the provider: {error}"), out)
+            }
+            LeaseState::Active => {
+                let end = l.end.unwrap_or(now);
+                if now >= end.plus_millis(self.config.receipt_grace_ms) {
+                    self.finish_without_receipt(lease_id, "the provider could not be reached", out);
+                } else if now >= end {
+                    out.push(RenterOutput::ScheduleTimer {
+                        lease_id,
+                        at: now.plus_millis(self.config.status_retry_ms),
+                    });
+                } else {
+                    // A release that did not get through: the lease runs on; say so.
+                    out.push(RenterOutput::Event(RenterEvent::BadReply {
+                        lease_id,
+                        why: format!("could not reach the provider: {error}"),
+                    }));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_timer(&mut self, lease_id: LeaseId, now: Timestamp, out: &mut Vec<RenterOutput>) {
+        let Some(l) = self.leases.get(&lease_id) else { return };
+        if l.state != LeaseState::Active {
+            return;
+        }
+        let end = l.end.unwrap_or(now);
+        if now < end {
+            out.push(RenterOutput::ScheduleTimer { lease_id, at: end });
+        } else if now >= end.plus_millis(self.config.receipt_grace_ms) {
+            self.finish_without_receipt(lease_id, "no receipt arrived in time", out);
+        } else {
+            out.push(RenterOutput::Send { provider: l.provider, lease_id, rpc: LeaseRpc::Status(lease_id) });
+        }
+    }
+}
+
+fn reply_name(r: &LeaseRpcReply) -> &'static str {
+    match r {
+        LeaseRpcReply::Grant(_) => "grant",
+        LeaseRpcReply::Reject(_) => "reject",
+        LeaseRpcReply::Receipt(_) => "receipt",
+        LeaseRpcReply::Active(_) => "active",
+        LeaseRpcReply::Unknown => "unknown",
+    }
+}

@@ -1,0 +1,119 @@
+//! Names and messages of the network protocols: the gossip topic and the two
+//! request-response protocols (`/gpumesh/capacity/1`, `/gpumesh/lease/1`).
+//!
+//! Each request-response stream carries exactly one CBOR item each way; the writer closes its
+//! side after the item. Sizes are capped before decoding.
+
+use crate::bytes::Bytes;
+use crate::envelope::decode_body;
+use crate::error::Invalid;
+use crate::id::LeaseId;
+use serde::{Deserialize, Serialize};
+
+/// Protocol name of live capacity queries.
+pub const CAPACITY_PROTOCOL: &str = "/gpumesh/capacity/1";
+/// Protocol name of book sync.
+pub const SYNC_PROTOCOL: &str = "/gpumesh/sync/1";
+/// Protocol name of lease messages.
+pub const LEASE_PROTOCOL: &str = "/gpumesh/lease/1";
+/// Kademlia protocol name (peer discovery only; gpumesh stores no records in the DHT).
+pub const KAD_PROTOCOL: &str = "/gpumesh/kad/1";
+/// Identify protocol version string.
+pub const IDENTIFY_PROTOCOL_VERSION: &str = "/gpumesh/1";
+
+/// Largest capacity query, bytes.
+pub const MAX_CAPACITY_QUERY: usize = 4 * 1024;
+/// Most offers in one capacity answer.
+pub const MAX_CAPACITY_OFFERS: usize = 64;
+/// Largest capacity answer, bytes.
+pub const MAX_CAPACITY_ANSWER: usize = MAX_CAPACITY_OFFERS * (crate::envelope::MAX_GOSSIP_ENVELOPE + 8) + 64;
+/// Largest lease request or reply, bytes.
+pub const MAX_LEASE_RPC: usize = crate::envelope::MAX_LEASE_ENVELOPE + 64;
+
+/// The gossipsub topic that carries offers and withdrawals of a network.
+pub fn offers_topic(network: &str) -> String {
+    format!("/gpumesh/{network}/offers/1")
+}
+
+/// A renter asks a provider which of its offers match a query, right now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapacityQuery {
+    pub v: u32,
+    pub network: String,
+    /// A query in the query language; empty matches every offer.
+    pub query: String,
+}
+
+/// The provider's answer: its current signed offers that match (each an offer envelope).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapacityAnswer {
+    pub v: u32,
+    pub offers: Vec<Bytes>,
+}
+
+/// A newly connected peer asks for the offers this node holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncRequest {
+    pub v: u32,
+    pub network: String,
+}
+
+/// The answer to a [`SyncRequest`]: live offer envelopes from the book, at most
+/// [`MAX_SYNC_OFFERS`] and [`MAX_SYNC_ANSWER`] bytes. Each is checked like gossip.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncAnswer {
+    pub v: u32,
+    pub offers: Vec<Bytes>,
+}
+
+/// Largest sync request, bytes.
+pub const MAX_SYNC_REQUEST: usize = 256;
+/// Most offers in one sync answer.
+pub const MAX_SYNC_OFFERS: usize = 4096;
+/// Largest sync answer, bytes.
+pub const MAX_SYNC_ANSWER: usize = 4 * 1024 * 1024;
+
+/// A message on `/gpumesh/lease/1` from renter to provider.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum LeaseRpc {
+    /// A `LeaseRequest` envelope.
+    Request(Bytes),
+    /// A `LeaseRelease` envelope.
+    Release(Bytes),
+    /// Ask what became of a lease (the renter's end-of-lease check and crash recovery).
+    Status(LeaseId),
+}
+
+/// The provider's reply on `/gpumesh/lease/1`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum LeaseRpcReply {
+    /// A `LeaseGrant` envelope, answering a request.
+    Grant(Bytes),
+    /// A `LeaseReject` envelope, answering a request or a release.
+    Reject(Bytes),
+    /// A `UsageReceipt` envelope: the lease has ended.
+    Receipt(Bytes),
+    /// A `LeaseGrant` envelope: the lease is still running (answering a status).
+    Active(Bytes),
+    /// The provider knows no such lease for the asking peer.
+    Unknown,
+}
+
+/// Encodes any wire message to CBOR.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    crate::envelope::encode_body(msg)
+}
+
+/// Decodes a wire message, refusing more than `max` bytes before parsing.
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, Invalid> {
+    if bytes.len() > max {
+        return Err(Invalid::Oversized { len: bytes.len(), max });
+    }
+    decode_body(bytes)
+}

@@ -1,0 +1,440 @@
+//! The lease state machines, scenario by scenario: grants, every reject reason, hooks,
+//! release, expiry, restore after a crash, and renter-side checks of provider replies.
+
+mod common;
+use common::*;
+use gpumesh_protocol::bytes::Bytes;
+use gpumesh_protocol::lease::messages::*;
+use gpumesh_protocol::lease::provider::*;
+use gpumesh_protocol::lease::renter::*;
+use gpumesh_protocol::lease::{GpuUnit, LeaseState};
+use gpumesh_protocol::wire::{LeaseRpc, LeaseRpcReply};
+use gpumesh_protocol::*;
+
+const NOW: Timestamp = Timestamp(1_700_000_000_000);
+
+fn group(provider: &NodeId, n: u32) -> GpuGroup {
+    let gpu = gpu("H100-SXM-80GB", 81559);
+    GpuGroup {
+        offer_id: OfferId::derive(provider, &gpu.group_key()),
+        gpus: (0..n).map(|i| GpuUnit { uuid: format!("GPU-{i}"), index: i }).collect(),
+        price: Price(2_000_000),
+        min_duration_s: 60,
+        max_duration_s: 3600,
+    }
+}
+
+fn provider(n: u32, hook: bool) -> (ProviderEngine, GpuGroup) {
+    let k = key(100);
+    let mut e = ProviderEngine::new(
+        k.clone(),
+        ProviderConfig {
+            network: NET.into(),
+            max_clock_skew_ms: 30_000,
+            request_max_age_ms: 60_000,
+            policy: Policy::default(),
+            start_hook: hook,
+        },
+    );
+    let g = group(&id_of(&k), n);
+    e.handle(ProviderInput::SetGroups(vec![g.clone()]), NOW);
+    (e, g)
+}
+
+fn request(
+    renter: &SigningKey,
+    g: &GpuGroup,
+    gpus: u32,
+    nonce: u8,
+    f: impl FnOnce(&mut LeaseRequest),
+) -> Vec<u8> {
+    let mut r = LeaseRequest {
+        v: PROTOCOL_VERSION,
+        network: NET.into(),
+        renter: id_of(renter),
+        provider: id_of(&key(100)),
+        offer_id: g.offer_id,
+        gpus,
+        duration_s: 600,
+        price: g.price,
+        max_price: Price(3_000_000),
+        nonce: Nonce([nonce; 16]),
+        issued_at: NOW,
+        ssh_key: None,
+    };
+    f(&mut r);
+    envelope::seal(renter, &r)
+}
+
+fn send(e: &mut ProviderEngine, token: u64, bytes: &[u8], now: Timestamp) -> Vec<ProviderOutput> {
+    e.handle(ProviderInput::Request { token, from: NodeId::from_bytes([0; 32]), bytes }, now)
+}
+
+fn reply_of(out: &[ProviderOutput]) -> &LeaseRpcReply {
+    out.iter()
+        .find_map(|o| match o {
+            ProviderOutput::Reply { reply, .. } => Some(reply),
+            _ => None,
+        })
+        .expect("a reply")
+}
+
+fn reject_reason(out: &[ProviderOutput]) -> Option<RejectReason> {
+    match reply_of(out) {
+        LeaseRpcReply::Reject(b) => Some(envelope::open::<LeaseReject>(&b.0).unwrap().reason),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_grant_is_persisted_before_it_is_sent() {
+    let (mut e, g) = provider(2, false);
+    let out = send(&mut e, 1, &request(&key(1), &g, 1, 1, |_| {}), NOW);
+    let persist =
+        out.iter().position(|o| matches!(o, ProviderOutput::Persist(l) if l.state == LeaseState::Active));
+    let reply = out.iter().position(|o| matches!(o, ProviderOutput::Reply { .. }));
+    assert!(persist.unwrap() < reply.unwrap(), "{out:?}");
+    let LeaseRpcReply::Grant(b) = reply_of(&out) else { panic!("not a grant: {out:?}") };
+    let grant = envelope::open::<LeaseGrant>(&b.0).unwrap();
+    assert_eq!(grant.gpu_uuids, vec!["GPU-0".to_string()]);
+    assert_eq!(grant.end.millis_since(grant.start), 600_000);
+    assert_eq!(e.free_gpus(&g.offer_id), 1);
+}
+
+#[test]
+fn every_reject_reason_is_reachable() {
+    type Mutation = Box<dyn Fn(&mut LeaseRequest)>;
+    let cases: Vec<(RejectReason, Mutation)> = vec![
+        (
+            RejectReason::PriceAboveMax,
+            Box::new(|r| {
+                r.max_price = Price(1_000_000);
+                r.price = Price(1_000_000);
+            }),
+        ),
+        (RejectReason::PriceChanged, Box::new(|r| r.price = Price(1_500_000))),
+        (RejectReason::DurationOutOfRange, Box::new(|r| r.duration_s = 30)),
+        (RejectReason::DurationOutOfRange, Box::new(|r| r.duration_s = 7200)),
+        (RejectReason::OfferUnknownOrExpired, Box::new(|r| r.offer_id = OfferId::from_bytes([9; 8]))),
+        (RejectReason::NetworkMismatch, Box::new(|r| r.network = "other".into())),
+        (RejectReason::InvalidRequest, Box::new(|r| r.gpus = 0)),
+        (RejectReason::InvalidRequest, Box::new(|r| r.gpus = u32::MAX)),
+        (RejectReason::NoCapacity, Box::new(|r| r.gpus = 3)),
+        (RejectReason::Replayed, Box::new(|r| r.issued_at = Timestamp(NOW.0 - 120_000))),
+        (RejectReason::InvalidRequest, Box::new(|r| r.issued_at = NOW.plus_millis(600_000))),
+    ];
+    for (i, (want, f)) in cases.into_iter().enumerate() {
+        let (mut e, g) = provider(2, false);
+        let out = send(&mut e, 1, &request(&key(1), &g, 1, i as u8, f), NOW);
+        assert_eq!(reject_reason(&out), Some(want), "case {i}");
+        assert_eq!(e.free_gpus(&g.offer_id), 2, "case {i} must not hold GPUs");
+    }
+}
+
+#[test]
+fn a_forged_request_signature_is_rejected_as_bad_signature() {
+    let (mut e, g) = provider(2, false);
+    let mut bytes = request(&key(1), &g, 1, 1, |_| {});
+    let n = bytes.len();
+    bytes[n - 1] ^= 1;
+    assert_eq!(reject_reason(&send(&mut e, 1, &bytes, NOW)), Some(RejectReason::BadSignature));
+    // Signed by key 2 while naming key 1 as renter.
+    let (mut e, g) = provider(2, false);
+    let mut r: LeaseRequest = envelope::decode_body(
+        envelope::RawEnvelope::parse(&request(&key(1), &g, 1, 1, |_| {})).unwrap().body,
+    )
+    .unwrap();
+    r.nonce = Nonce([7; 16]);
+    let forged = envelope::seal(&key(2), &r);
+    assert_eq!(reject_reason(&send(&mut e, 1, &forged, NOW)), Some(RejectReason::BadSignature));
+    assert_eq!(reject_reason(&send(&mut e, 2, b"garbage", NOW)), Some(RejectReason::InvalidRequest));
+}
+
+#[test]
+fn replayed_nonce_is_rejected() {
+    let (mut e, g) = provider(4, false);
+    let req = request(&key(1), &g, 1, 1, |_| {});
+    assert_eq!(reject_reason(&send(&mut e, 1, &req, NOW)), None);
+    assert_eq!(reject_reason(&send(&mut e, 2, &req, NOW)), Some(RejectReason::Replayed));
+    assert_eq!(e.free_gpus(&g.offer_id), 3);
+}
+
+#[test]
+fn policy_denies_and_limits() {
+    let (mut e, g) = provider(4, false);
+    e.policy_mut().deny.insert(id_of(&key(1)));
+    assert_eq!(
+        reject_reason(&send(&mut e, 1, &request(&key(1), &g, 1, 1, |_| {}), NOW)),
+        Some(RejectReason::DeniedByPolicy)
+    );
+    e.policy_mut().allow = Some([id_of(&key(3))].into());
+    assert_eq!(
+        reject_reason(&send(&mut e, 2, &request(&key(2), &g, 1, 2, |_| {}), NOW)),
+        Some(RejectReason::DeniedByPolicy)
+    );
+    assert_eq!(reject_reason(&send(&mut e, 3, &request(&key(3), &g, 1, 3, |_| {}), NOW)), None);
+    e.policy_mut().max_leases_per_renter = 1;
+    assert_eq!(
+        reject_reason(&send(&mut e, 4, &request(&key(3), &g, 1, 4, |_| {}), NOW)),
+        Some(RejectReason::TooManyLeases)
+    );
+}
+
+#[test]
+fn twenty_requests_for_the_last_gpu_yield_one_grant() {
+    let (mut e, g) = provider(1, false);
+    let grants = (0..20u8)
+        .filter(|i| {
+            reject_reason(&send(&mut e, *i as u64, &request(&key(i + 1), &g, 1, *i, |_| {}), NOW)).is_none()
+        })
+        .count();
+    assert_eq!(grants, 1);
+}
+
+#[test]
+fn start_hook_success_and_failure() {
+    let (mut e, g) = provider(1, true);
+    let out = send(&mut e, 1, &request(&key(1), &g, 1, 1, |_| {}), NOW);
+    assert!(out.iter().any(|o| matches!(o, ProviderOutput::Persist(l) if l.state == LeaseState::Starting)));
+    let lease = out.iter().find_map(|o| match o {
+        ProviderOutput::RunStartHook(l) => Some(l.clone()),
+        _ => None,
+    });
+    let lease = lease.expect("start hook requested");
+    assert!(!out.iter().any(|o| matches!(o, ProviderOutput::Reply { .. })), "no reply before the hook ends");
+    assert_eq!(e.free_gpus(&g.offer_id), 0, "GPUs are reserved while the hook runs");
+    let out = e.handle(ProviderInput::HookDone { lease_id: lease.lease_id, result: Err("boom".into()) }, NOW);
+    assert_eq!(reject_reason(&out), Some(RejectReason::ProviderError));
+    assert!(out.iter().any(|o| matches!(o, ProviderOutput::RunEndHook(_))));
+    assert_eq!(e.free_gpus(&g.offer_id), 1, "a failed hook frees the GPUs");
+
+    let out = send(&mut e, 2, &request(&key(1), &g, 1, 2, |_| {}), NOW);
+    let id = out.iter().find_map(|o| match o {
+        ProviderOutput::RunStartHook(l) => Some(l.lease_id),
+        _ => None,
+    });
+    let out = e.handle(
+        ProviderInput::HookDone {
+            lease_id: id.unwrap(),
+            result: Ok(r#"{"host":"10.0.0.1","port":22}"#.into()),
+        },
+        NOW.plus_millis(1500),
+    );
+    let LeaseRpcReply::Grant(b) = reply_of(&out) else { panic!("{out:?}") };
+    let grant = envelope::open::<LeaseGrant>(&b.0).unwrap();
+    assert_eq!(grant.access, r#"{"host":"10.0.0.1","port":22}"#);
+    assert_eq!(grant.start, NOW.plus_millis(1500), "the lease starts when granted");
+}
+
+#[test]
+fn release_gives_a_receipt_and_only_the_renter_may_release() {
+    let (mut e, g) = provider(1, false);
+    let out = send(&mut e, 1, &request(&key(1), &g, 1, 1, |_| {}), NOW);
+    let LeaseRpcReply::Grant(b) = reply_of(&out) else { panic!() };
+    let grant = envelope::open::<LeaseGrant>(&b.0).unwrap();
+    let rel = |k: &SigningKey| {
+        envelope::seal(
+            k,
+            &LeaseRelease {
+                v: PROTOCOL_VERSION,
+                network: NET.into(),
+                lease_id: grant.lease_id,
+                renter: id_of(k),
+                provider: id_of(&key(100)),
+                issued_at: NOW,
+            },
+        )
+    };
+    let from = NodeId::from_bytes([0; 32]);
+    let out = e.handle(ProviderInput::Release { token: 2, from, bytes: &rel(&key(2)) }, NOW);
+    assert_eq!(reject_reason(&out), Some(RejectReason::NotLeaseOwner));
+    let later = NOW.plus_millis(90_000);
+    let out = e.handle(ProviderInput::Release { token: 3, from, bytes: &rel(&key(1)) }, later);
+    let LeaseRpcReply::Receipt(r) = reply_of(&out) else { panic!("{out:?}") };
+    let receipt = envelope::open::<UsageReceipt>(&r.0).unwrap();
+    assert_eq!(receipt.ended_by, EndReason::Released);
+    assert_eq!(receipt.amount, 50_000, "90 s of one GPU at $2/h");
+    assert_eq!(e.free_gpus(&g.offer_id), 1);
+    // Releasing again answers with the same receipt.
+    let out = e.handle(ProviderInput::Release { token: 4, from, bytes: &rel(&key(1)) }, later);
+    assert_eq!(reply_of(&out), &LeaseRpcReply::Receipt(r.clone()));
+}
+
+#[test]
+fn timers_end_leases_and_early_timers_reschedule() {
+    let (mut e, g) = provider(1, false);
+    let out = send(&mut e, 1, &request(&key(1), &g, 1, 1, |_| {}), NOW);
+    let (lease_id, at) = out
+        .iter()
+        .find_map(|o| match o {
+            ProviderOutput::ScheduleEnd { lease_id, at } => Some((*lease_id, *at)),
+            _ => None,
+        })
+        .unwrap();
+    let early = e.handle(ProviderInput::Timer { lease_id }, NOW.plus_millis(1));
+    assert_eq!(early, vec![ProviderOutput::ScheduleEnd { lease_id, at }]);
+    let out = e.handle(ProviderInput::Timer { lease_id }, at);
+    assert!(out.iter().any(|o| matches!(
+        o,
+        ProviderOutput::Event(ProviderEvent::Ended { state: LeaseState::Expired, .. })
+    )));
+    assert_eq!(e.lease(&lease_id).unwrap().state, LeaseState::Expired);
+    assert_eq!(e.free_gpus(&g.offer_id), 1);
+}
+
+#[test]
+fn restore_keeps_active_leases_and_fails_half_started_ones() {
+    let (mut e, g) = provider(3, true);
+    let mut persisted = std::collections::HashMap::new();
+    let mut run = |e: &mut ProviderEngine, input, now| {
+        for o in e.handle(input, now) {
+            if let ProviderOutput::Persist(l) = o {
+                persisted.insert(l.lease_id, l);
+            }
+        }
+    };
+    let r1 = request(&key(1), &g, 1, 1, |_| {});
+    let r2 = request(&key(2), &g, 1, 2, |_| {});
+    run(&mut e, ProviderInput::Request { token: 1, from: id_of(&key(1)), bytes: &r1 }, NOW);
+    run(&mut e, ProviderInput::Request { token: 2, from: id_of(&key(2)), bytes: &r2 }, NOW);
+    let first = LeaseId::derive(&id_of(&key(100)), &id_of(&key(1)), &[1; 16]);
+    run(&mut e, ProviderInput::HookDone { lease_id: first, result: Ok("{}".into()) }, NOW);
+    // Crash: a new engine from what was persisted.
+    let (mut e2, g2) = provider(3, true);
+    let out = e2.handle(ProviderInput::Restore(persisted.values().cloned().collect()), NOW.plus_millis(5));
+    assert_eq!(e2.lease(&first).unwrap().state, LeaseState::Active);
+    let second = LeaseId::derive(&id_of(&key(100)), &id_of(&key(2)), &[2; 16]);
+    assert_eq!(e2.lease(&second).unwrap().state, LeaseState::Failed);
+    assert!(out.contains(&ProviderOutput::RunEndHook(e2.lease(&second).unwrap().clone())));
+    assert_eq!(e2.free_gpus(&g2.offer_id), 2, "only the active lease holds a GPU");
+    // Restoring after the end time expires the lease at once, with a receipt.
+    let (mut e3, g3) = provider(3, true);
+    e3.handle(ProviderInput::Restore(persisted.values().cloned().collect()), NOW.plus_millis(3_600_000));
+    assert_eq!(e3.lease(&first).unwrap().state, LeaseState::Expired);
+    assert!(e3.lease(&first).unwrap().receipt.is_some());
+    assert_eq!(e3.free_gpus(&g3.offer_id), 3);
+}
+
+/// Runs a renter engine (always key 1) against a provider engine in memory, message by message.
+fn exchange(
+    r: &mut RenterEngine,
+    p: &mut ProviderEngine,
+    outs: Vec<RenterOutput>,
+    now: Timestamp,
+) -> Vec<RenterEvent> {
+    let mut events = Vec::new();
+    let mut queue: std::collections::VecDeque<RenterOutput> = outs.into();
+    while let Some(o) = queue.pop_front() {
+        match o {
+            RenterOutput::Send { lease_id, rpc, .. } => {
+                let from = NodeId::from_bytes([1; 32]);
+                let pin = match &rpc {
+                    LeaseRpc::Request(b) => ProviderInput::Request { token: 0, from, bytes: &b.0 },
+                    LeaseRpc::Release(b) => ProviderInput::Release { token: 0, from, bytes: &b.0 },
+                    LeaseRpc::Status(id) => {
+                        ProviderInput::Status { token: 0, from: id_of(&key(1)), lease_id: *id }
+                    }
+                };
+                let pout = p.handle(pin, now);
+                for po in pout {
+                    if let ProviderOutput::Reply { reply, .. } = po {
+                        queue.extend(r.handle(RenterInput::Reply { lease_id, reply }, now).unwrap());
+                    }
+                }
+            }
+            RenterOutput::Event(ev) => events.push(ev),
+            _ => {}
+        }
+    }
+    events
+}
+
+#[test]
+fn renter_and_provider_complete_a_lease_lifecycle() {
+    let (mut p, g) = provider(2, false);
+    let mut r = RenterEngine::new(
+        key(1),
+        RenterConfig { network: NET.into(), receipt_grace_ms: 60_000, status_retry_ms: 1000 },
+    );
+    let ask = LeaseAsk {
+        provider: id_of(&key(100)),
+        offer_id: g.offer_id,
+        price: g.price,
+        max_price: Price(2_500_000),
+        gpus: 2,
+        duration_s: 600,
+        ssh_key: Some("ssh-ed25519 AAAA test".into()),
+        nonce: Nonce([5; 16]),
+    };
+    let outs = r.handle(RenterInput::Lease(ask), NOW).unwrap();
+    let lease_id = match &outs[0] {
+        RenterOutput::Persist(l) => l.lease_id,
+        o => panic!("{o:?}"),
+    };
+    let ev = exchange(&mut r, &mut p, outs, NOW);
+    assert_eq!(ev, vec![RenterEvent::Granted(lease_id)]);
+    assert_eq!(r.lease(&lease_id).unwrap().gpu_uuids.len(), 2);
+    // Expiry: the renter's timer asks for the receipt after the end.
+    let end = r.lease(&lease_id).unwrap().end.unwrap();
+    p.handle(ProviderInput::Timer { lease_id }, end);
+    let outs = r.handle(RenterInput::Timer { lease_id }, end).unwrap();
+    let ev = exchange(&mut r, &mut p, outs, end);
+    assert_eq!(ev, vec![RenterEvent::Ended { lease_id, state: LeaseState::Expired }]);
+    let l = r.lease(&lease_id).unwrap();
+    assert!(l.receipt.is_some());
+    assert_eq!(
+        r.handle(RenterInput::Release { lease_id }, end),
+        Err(RenterError::NotActive(lease_id, "expired"))
+    );
+}
+
+#[test]
+fn renter_refuses_a_grant_that_does_not_match_its_request() {
+    let (mut p, g) = provider(2, false);
+    let mut r = RenterEngine::new(
+        key(1),
+        RenterConfig { network: NET.into(), receipt_grace_ms: 60_000, status_retry_ms: 1000 },
+    );
+    let ask = |nonce| LeaseAsk {
+        provider: id_of(&key(100)),
+        offer_id: g.offer_id,
+        price: g.price,
+        max_price: g.price,
+        gpus: 1,
+        duration_s: 600,
+        ssh_key: None,
+        nonce: Nonce([nonce; 16]),
+    };
+    // Get a real grant for lease A, then present it as the answer to lease B.
+    let outs_a = r.handle(RenterInput::Lease(ask(1)), NOW).unwrap();
+    let RenterOutput::Send { rpc: LeaseRpc::Request(req_a), .. } = &outs_a[1] else { panic!() };
+    let pout = p.handle(ProviderInput::Request { token: 0, from: id_of(&key(1)), bytes: &req_a.0 }, NOW);
+    let grant_a = reply_of(&pout).clone();
+    let outs_b = r.handle(RenterInput::Lease(ask(2)), NOW).unwrap();
+    let RenterOutput::Persist(lb) = &outs_b[0] else { panic!() };
+    let out = r.handle(RenterInput::Reply { lease_id: lb.lease_id, reply: grant_a }, NOW).unwrap();
+    assert!(out.iter().any(|o| matches!(o, RenterOutput::Event(RenterEvent::Failed { .. }))), "{out:?}");
+    // A grant signed by someone else is refused too.
+    let outs_c = r.handle(RenterInput::Lease(ask(3)), NOW).unwrap();
+    let RenterOutput::Persist(lc) = &outs_c[0] else { panic!() };
+    let fake = LeaseGrant {
+        v: PROTOCOL_VERSION,
+        network: NET.into(),
+        lease_id: lc.lease_id,
+        provider: id_of(&key(66)),
+        renter: id_of(&key(1)),
+        offer_id: g.offer_id,
+        request: Digest32::of(&lc.request.0),
+        gpu_uuids: vec!["GPU-0".into()],
+        gpu_indices: vec![0],
+        start: NOW,
+        end: NOW.plus_secs(600),
+        price: g.price,
+        access: "{}".into(),
+    };
+    let bytes = Bytes(envelope::seal(&key(66), &fake));
+    let out = r
+        .handle(RenterInput::Reply { lease_id: lc.lease_id, reply: LeaseRpcReply::Grant(bytes) }, NOW)
+        .unwrap();
+    assert!(out.iter().any(|o| matches!(o, RenterOutput::Event(RenterEvent::Failed { .. }))));
+}
