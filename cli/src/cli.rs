@@ -86,6 +86,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Change the price of this node's offers (all GPU groups, or one model's).
+    Price {
+        /// USD per GPU-hour, e.g. 2.10.
+        usd: String,
+        /// Only the group of this model (e.g. H100-SXM-80GB).
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Start a local multi-node network with simulated GPUs.
     Testnet(TestnetArgs),
 }

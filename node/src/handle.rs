@@ -148,6 +148,15 @@ impl NodeHandle {
         self.ask_lease(LeaseCommand::Receipts).await
     }
 
+    /// Changes the price of all local GPU groups or of one model's; returns how many changed.
+    pub async fn set_price(
+        &self,
+        model: Option<String>,
+        price: gpumesh_protocol::Price,
+    ) -> Result<Result<usize, LeaseError>, NodeStopped> {
+        self.ask_lease(|reply| LeaseCommand::SetPrice { model, price, reply }).await
+    }
+
     /// The local GPU inventory.
     pub async fn gpus(&self) -> Result<Vec<GpuView>, NodeStopped> {
         self.ask_lease(LeaseCommand::Gpus).await

@@ -40,6 +40,7 @@ pub struct Metrics {
     pub api_latency: Family<RouteLabels, Histogram>,
     pub leases: Family<LeaseLabels, Counter>,
     pub capacity_queries: Counter,
+    pub peer_bans: Counter,
     pub libp2p: libp2p::metrics::Metrics,
 }
 
@@ -69,8 +70,24 @@ impl Metrics {
             "Live capacity queries answered",
             capacity_queries.clone(),
         );
+        let peer_bans = Counter::default();
+        registry.register(
+            "peer_bans",
+            "Peers disconnected and blocked for invalid messages",
+            peer_bans.clone(),
+        );
         let libp2p = libp2p::metrics::Metrics::new(registry.sub_registry_with_prefix("libp2p"));
-        Metrics { registry, peers, offers_known, gossip, api_latency, leases, capacity_queries, libp2p }
+        Metrics {
+            registry,
+            peers,
+            offers_known,
+            gossip,
+            api_latency,
+            leases,
+            capacity_queries,
+            peer_bans,
+            libp2p,
+        }
     }
 
     /// The Prometheus text exposition of every metric.

@@ -48,6 +48,8 @@ pub struct RunningNode {
     pub data_dir: DataDir,
     stop_tx: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
+    /// The event loop and the lease task (the holders of the store).
+    workers: Vec<JoinHandle<()>>,
 }
 
 impl RunningNode {
@@ -57,6 +59,9 @@ impl RunningNode {
             let _ = tx.send(());
         }
         let _ = (&mut self.task).await;
+        for w in self.workers {
+            let _ = w.await;
+        }
     }
 
     /// Waits until the node stops by itself (it does not, unless stopped).
@@ -65,10 +70,15 @@ impl RunningNode {
     }
 
     /// Kills the node's tasks at once, as a crash would: nothing is withdrawn or flushed
-    /// beyond what was already durable. For tests.
+    /// beyond what was already durable. Returns once every task is gone (and the store is
+    /// closed). For tests.
     pub async fn crash(self) {
         self.task.abort();
         let _ = self.task.await;
+        // The supervisor's guard aborted the workers; wait until they are dropped.
+        for w in self.workers {
+            let _ = w.await;
+        }
     }
 }
 
@@ -189,10 +199,11 @@ pub async fn start(data_dir: DataDir, config: NodeConfig) -> Result<RunningNode,
     let loop_task = tokio::spawn(event_loop.run());
     let lease_join = tokio::spawn(lease_task.run());
     let dd = data_dir.clone();
+    let guard =
+        AbortOnDrop(vec![api_task.abort_handle(), loop_task.abort_handle(), lease_join.abort_handle()]);
     let task = tokio::spawn(async move {
         // Supervisor: waits for stop, then shuts down in order.
-        let _guard =
-            AbortOnDrop(vec![api_task.abort_handle(), loop_task.abort_handle(), lease_join.abort_handle()]);
+        let _guard = guard;
         let _ = stop_rx.await;
         tracing::info!("shutting down: withdrawing offers");
         let (tx, rx) = oneshot::channel();
@@ -209,7 +220,17 @@ pub async fn start(data_dir: DataDir, config: NodeConfig) -> Result<RunningNode,
         dd.remove_api_info();
         tracing::info!("stopped");
     });
-    Ok(RunningNode { handle, peer_id, node_id: me, api, token, data_dir, stop_tx: Some(stop_tx), task })
+    Ok(RunningNode {
+        handle,
+        peer_id,
+        node_id: me,
+        api,
+        token,
+        data_dir,
+        stop_tx: Some(stop_tx),
+        task,
+        workers: vec![loop_task, lease_join],
+    })
 }
 
 /// Aborts the node's tasks when the supervisor ends or is aborted (a crash in tests).

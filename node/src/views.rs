@@ -32,6 +32,8 @@ pub struct PeerView {
     /// Latest ping round trip, ms.
     pub rtt_ms: Option<f64>,
     pub agent: Option<String>,
+    /// This node's gossipsub score of the peer (negative: it misbehaved).
+    pub score: Option<f64>,
 }
 
 /// An offer as shown to people and scripts.

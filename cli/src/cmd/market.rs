@@ -1,10 +1,10 @@
-//! `gpumesh status`, `peers`, `offers`, `query`.
+//! `gpumesh status`, `peers`, `offers`, `query`, `price`.
 
 use crate::cli::SearchArgs;
 use crate::client::{CallError, Client, plain};
 use crate::table::Table;
 use anyhow::{Result, anyhow};
-use gpumesh_node::api::routes::{ProbeResult, SearchParams};
+use gpumesh_node::api::routes::{PriceBody, PriceResult, ProbeResult, SearchParams};
 use gpumesh_node::views::{CapacityReport, OfferView, PeerView, StatusView};
 use std::time::Duration;
 
@@ -147,6 +147,16 @@ pub async fn query(c: &Client, s: &SearchArgs, timeout: Duration) -> Result<i32>
         println!("no live offers match");
     } else {
         print!("{}", offers_table(&r.offers));
+    }
+    Ok(0)
+}
+
+pub async fn price(c: &Client, usd: String, model: Option<String>, json: bool) -> Result<i32> {
+    let r: PriceResult = plain(c.post("/v1/price", &PriceBody { price: usd.clone(), model }).await)?;
+    if json {
+        super::print_json(&r)?;
+    } else {
+        println!("{} offer(s) now at {usd} USD/GPU-h; re-advertised", r.groups);
     }
     Ok(0)
 }

@@ -1,7 +1,7 @@
 //! Command implementations.
 //!
 //! - [`node`]: `init`, `node`, `gpus` (work on the data dir; no running node needed).
-//! - [`market`]: `status`, `peers`, `offers`, `query`.
+//! - [`market`]: `status`, `peers`, `offers`, `query`, `price`.
 //! - [`lease`]: `lease`, `leases`, `release`, `receipts`.
 //! - [`testnet`]: the local multi-node testnet.
 
@@ -31,6 +31,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Leases { json } => lease::leases(&client()?, json).await,
         Command::Release { lease_id, json } => lease::release(&client()?, &lease_id, json).await,
         Command::Receipts { json } => lease::receipts(&client()?, json).await,
+        Command::Price { usd, model, json } => market::price(&client()?, usd, model, json).await,
         Command::Testnet(args) => testnet::testnet(args).await,
     }
 }

@@ -13,6 +13,7 @@
 //! | `GET /v1/leases`, `GET /v1/leases/{id}` | leases, by id or unique prefix |
 //! | `POST /v1/leases/{id}/release` | release a lease (waits for the receipt) |
 //! | `GET /v1/receipts` | verified usage receipts |
+//! | `POST /v1/price` | change the price of local GPU groups (re-advertises) |
 //! | `GET /metrics` | Prometheus text |
 
 pub mod routes;

@@ -26,6 +26,7 @@ pub(super) fn routes() -> Router<ApiState> {
         .route("/v1/leases/{id}", get(lease_show))
         .route("/v1/leases/{id}/release", post(release))
         .route("/v1/receipts", get(receipts))
+        .route("/v1/price", post(set_price))
         .route("/metrics", get(metrics))
 }
 
@@ -188,4 +189,33 @@ async fn release(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult
 
 async fn receipts(State(s): State<ApiState>) -> ApiResult<Vec<ReceiptView>> {
     Ok(Json(s.node.receipts().await?))
+}
+
+/// `POST /v1/price` body.
+#[derive(Debug, Deserialize, Serialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct PriceBody {
+    /// USD per GPU-hour, as a decimal string.
+    pub price: String,
+    /// Only this model's group; every group when absent.
+    pub model: Option<String>,
+}
+
+/// `POST /v1/price` result.
+#[derive(Debug, Deserialize, Serialize, Clone, PartialEq)]
+pub struct PriceResult {
+    /// GPU groups whose offers now carry the price.
+    pub groups: usize,
+}
+
+async fn set_price(State(s): State<ApiState>, Json(b): Json<PriceBody>) -> ApiResult<PriceResult> {
+    let price: Price = b
+        .price
+        .parse()
+        .map_err(|e: gpumesh_protocol::price::PriceError| ApiError::bad_request(e.to_string()))?;
+    if price.0 == 0 {
+        return Err(ApiError::bad_request("a price must be above zero"));
+    }
+    let groups = s.node.set_price(b.model, price).await?.map_err(lease_error)?;
+    Ok(Json(PriceResult { groups }))
 }

@@ -95,6 +95,7 @@ impl EventLoop {
         if self.peers.record_fault(peer, score) {
             tracing::warn!(peer = %peer, score = ?score, "blocking peer after repeated invalid messages");
             self.peers.ban(&mut self.swarm, peer);
+            self.metrics.peer_bans.inc();
         }
     }
 

@@ -202,6 +202,7 @@ impl EventLoop {
                 addrs: self.peers.addrs(p).iter().map(|a| a.to_string()).collect(),
                 rtt_ms: self.peers.rtt(p).map(|d| d.as_secs_f64() * 1000.0),
                 agent: self.peers.agents.get(p).cloned(),
+                score: self.swarm.behaviour().gossipsub.peer_score(p),
             })
             .collect();
         v.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));

@@ -61,6 +61,13 @@ pub enum LeaseCommand {
     Show(String, oneshot::Sender<Result<LeaseView, LeaseError>>),
     Receipts(oneshot::Sender<Vec<ReceiptView>>),
     Gpus(oneshot::Sender<Vec<DetectedGpu>>),
+    /// Change the price of every group (`model: None`) or of one model; re-advertises.
+    /// Answers the number of groups changed.
+    SetPrice {
+        model: Option<String>,
+        price: Price,
+        reply: oneshot::Sender<Result<usize, LeaseError>>,
+    },
     /// An inbound lease message from the swarm (answer with `Command::RespondLease`).
     Inbound {
         token: u64,
@@ -273,6 +280,21 @@ impl LeaseTask {
             }
             LeaseCommand::Gpus(reply) => {
                 let _ = reply.send(self.gpus.clone());
+            }
+            LeaseCommand::SetPrice { model, price, reply } => {
+                let changed = self.advertiser.set_price(model.as_deref(), price);
+                if changed > 0 {
+                    let groups = self.advertiser.engine_groups();
+                    self.provider_input(ProviderInput::SetGroups(groups), None).await;
+                }
+                let _ = reply.send(if changed == 0 {
+                    Err(LeaseError::NotFound(match model {
+                        Some(m) => format!("no local GPU group of model {m}"),
+                        None => "no local GPUs to price".into(),
+                    }))
+                } else {
+                    Ok(changed)
+                });
             }
             LeaseCommand::Shutdown(_) => unreachable!("handled in run"),
         }

@@ -219,6 +219,23 @@ impl Advertiser {
             .collect()
     }
 
+    /// Sets the price of every group, or of the groups of one model (matched loosely, as the
+    /// catalogue does). Returns how many groups changed.
+    pub(crate) fn set_price(&mut self, model: Option<&str>, price: Price) -> usize {
+        let want = model.map(crate::inventory::catalogue::normalize);
+        let mut n = 0;
+        for (id, g) in &mut self.groups {
+            if want.as_ref().is_none_or(|m| &crate::inventory::catalogue::normalize(&g.spec.model) == m) {
+                if g.price != price {
+                    g.price = price;
+                    self.dirty.insert(*id);
+                }
+                n += 1;
+            }
+        }
+        n
+    }
+
     pub(crate) fn mark_all_dirty(&mut self) {
         self.dirty.extend(self.groups.iter().map(|(id, _)| *id));
     }

@@ -1,0 +1,117 @@
+//! Six providers joined through one bootstrap node: offers converge everywhere, a price change
+//! reaches all, a withdrawal at shutdown removes offers everywhere, a silent provider's offers
+//! expire everywhere, and a restarted node has its book back before it reconnects.
+
+use anyhow::Result;
+use gpumesh_tests::{TestNode, test_config, wait_for};
+use std::time::Duration;
+
+const INVENTORIES: [&str; 6] =
+    ["H100-SXM-80GB:2", "A100-SXM-80GB:4", "RTX-4090:1,RTX-3090:2", "L40S:2", "H200-SXM-141GB:8", "T4:4"];
+
+/// Offers each node's book holds, per provider.
+async fn books_hold(nodes: &[TestNode], expected: &[(String, usize)]) -> bool {
+    for n in nodes.iter().filter(|n| n.node.is_some()) {
+        let Ok(offers) = n.offers().await else { return false };
+        for (provider, count) in expected {
+            if offers.iter().filter(|o| &o.provider == provider).count() != *count {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn six_providers_converge_reprice_withdraw_and_expire() -> Result<()> {
+    let net = "t-six";
+    let first = TestNode::start(test_config(net, Some(INVENTORIES[0]), &[])).await?;
+    let boot = first.addr().await?;
+    let mut nodes = vec![first];
+    for (i, inv) in INVENTORIES.iter().enumerate().skip(1) {
+        let mut c = test_config(net, Some(inv), std::slice::from_ref(&boot));
+        if i == 5 {
+            // The provider that goes silent later: short offer TTL.
+            c.offer_ttl = "3s".into();
+        }
+        nodes.push(TestNode::start(c).await?);
+    }
+    let groups = [1usize, 1, 2, 1, 1, 1];
+    let expected: Vec<(String, usize)> = nodes.iter().map(|n| n.peer_id()).zip(groups).collect();
+    wait_for("every book to hold every provider's offers", Duration::from_secs(30), || {
+        books_hold(&nodes, &expected)
+    })
+    .await?;
+
+    // A price change on provider 1 reaches every node.
+    let changed = nodes[1].handle().set_price(None, "0.99".parse()?).await??;
+    assert_eq!(changed, 1);
+    let p1 = nodes[1].peer_id();
+    wait_for("the new price everywhere", Duration::from_secs(20), || async {
+        for n in &nodes {
+            match n.offers_of(&p1).await {
+                Ok(o) if o.len() == 1 && o[0].price_micros == 990_000 => {}
+                _ => return false,
+            }
+        }
+        true
+    })
+    .await?;
+
+    // Provider 3 stops cleanly: its withdrawal removes its offers everywhere, long before
+    // they would expire (TTL 60 s).
+    let p3 = nodes[3].peer_id();
+    nodes[3].stop().await;
+    wait_for("the withdrawal everywhere", Duration::from_secs(15), || async {
+        for n in nodes.iter().filter(|n| n.node.is_some()) {
+            if !matches!(n.offers_of(&p3).await, Ok(o) if o.is_empty()) {
+                return false;
+            }
+        }
+        true
+    })
+    .await?;
+
+    // Provider 5 goes silent (crash: no withdrawal); its 3 s offers expire everywhere.
+    let p5 = nodes[5].peer_id();
+    nodes[5].crash().await;
+    wait_for("the silent provider's offers to expire", Duration::from_secs(15), || async {
+        for n in nodes.iter().filter(|n| n.node.is_some()) {
+            if !matches!(n.offers_of(&p5).await, Ok(o) if o.is_empty()) {
+                return false;
+            }
+        }
+        true
+    })
+    .await?;
+    // The others are still there.
+    let remaining: Vec<(String, usize)> =
+        expected.iter().filter(|(p, _)| p != &p3 && p != &p5).cloned().collect();
+    assert!(books_hold(&nodes, &remaining).await);
+    for n in &mut nodes {
+        n.stop().await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_has_its_book_back_before_it_reconnects() -> Result<()> {
+    let net = "t-restart";
+    let tmp = tempfile::tempdir()?;
+    let a = TestNode::start(test_config(net, Some("H100-SXM-80GB:2,RTX-4090:1"), &[])).await?;
+    let boot = a.addr().await?;
+    let b_dir = tmp.path().join("b");
+    let mut b = TestNode::start_in(&b_dir, test_config(net, None, &[boot])).await?;
+    let pa = a.peer_id();
+    wait_for("b to learn a's offers", Duration::from_secs(20), || async {
+        matches!(b.offers_of(&pa).await, Ok(o) if o.len() == 2)
+    })
+    .await?;
+    b.crash().await;
+    // Restart with no bootstrap peer at all: whatever it knows comes from its store.
+    let b2 = TestNode::start_in(&b_dir, test_config(net, None, &[])).await?;
+    let status = b2.status().await?;
+    assert_eq!(status.peers, 0, "the restarted node has no connections");
+    assert_eq!(b2.offers_of(&pa).await?.len(), 2, "the book came back from the store");
+    Ok(())
+}
