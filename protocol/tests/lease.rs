@@ -438,3 +438,59 @@ fn renter_refuses_a_grant_that_does_not_match_its_request() {
         .unwrap();
     assert!(out.iter().any(|o| matches!(o, RenterOutput::Event(RenterEvent::Failed { .. }))));
 }
+
+#[test]
+fn a_lost_grant_is_recovered_by_asking_the_provider() {
+    let (mut p, g) = provider(1, false);
+    let mut r = RenterEngine::new(
+        key(1),
+        RenterConfig { network: NET.into(), receipt_grace_ms: 60_000, status_retry_ms: 1000 },
+    );
+    let ask = LeaseAsk {
+        provider: id_of(&key(100)),
+        offer_id: g.offer_id,
+        price: g.price,
+        max_price: g.price,
+        gpus: 1,
+        duration_s: 600,
+        ssh_key: None,
+        nonce: Nonce([4; 16]),
+    };
+    let outs = r.handle(RenterInput::Lease(ask), NOW).unwrap();
+    let RenterOutput::Send { lease_id, rpc: LeaseRpc::Request(req), .. } = &outs[1] else { panic!() };
+    // The provider grants, but the answer never arrives.
+    let pout = p.handle(ProviderInput::Request { token: 0, from: id_of(&key(1)), bytes: &req.0 }, NOW);
+    assert!(matches!(reply_of(&pout), LeaseRpcReply::Grant(_)));
+    let outs =
+        r.handle(RenterInput::SendFailed { lease_id: *lease_id, error: "timeout".into() }, NOW).unwrap();
+    assert_eq!(
+        outs,
+        vec![RenterOutput::Send {
+            provider: id_of(&key(100)),
+            lease_id: *lease_id,
+            rpc: LeaseRpc::Status(*lease_id)
+        }]
+    );
+    let ev = exchange(&mut r, &mut p, outs, NOW);
+    assert_eq!(ev, vec![RenterEvent::Granted(*lease_id)]);
+    // A second lost answer after that is a failure, not an endless retry.
+    let ask2 = LeaseAsk {
+        nonce: Nonce([5; 16]),
+        ..LeaseAsk {
+            provider: id_of(&key(100)),
+            offer_id: g.offer_id,
+            price: g.price,
+            max_price: g.price,
+            gpus: 1,
+            duration_s: 600,
+            ssh_key: None,
+            nonce: Nonce([0; 16]),
+        }
+    };
+    let outs = r.handle(RenterInput::Lease(ask2), NOW).unwrap();
+    let RenterOutput::Persist(l2) = &outs[0] else { panic!() };
+    let id2 = l2.lease_id;
+    r.handle(RenterInput::SendFailed { lease_id: id2, error: "timeout".into() }, NOW).unwrap();
+    let out = r.handle(RenterInput::SendFailed { lease_id: id2, error: "timeout".into() }, NOW).unwrap();
+    assert!(out.iter().any(|o| matches!(o, RenterOutput::Event(RenterEvent::Failed { .. }))));
+}

@@ -448,9 +448,6 @@ impl ProviderEngine {
         if r.ssh_key.as_ref().is_some_and(|k| k.len() > MAX_SSH_KEY_LEN) {
             return Err((RejectReason::InvalidRequest, "ssh key too long".into()));
         }
-        if r.price > r.max_price {
-            return Err((RejectReason::InvalidRequest, "price is above the request's own max_price".into()));
-        }
         let Some(group) = self.groups.get(&r.offer_id) else {
             return Err((RejectReason::OfferUnknownOrExpired, format!("no offer {}", r.offer_id)));
         };

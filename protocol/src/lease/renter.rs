@@ -15,7 +15,7 @@ use crate::price::Price;
 use crate::time::Timestamp;
 use crate::wire::{LeaseRpc, LeaseRpcReply};
 use ed25519_dalek::SigningKey;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Settings of a [`RenterEngine`].
 #[derive(Clone, Debug)]
@@ -120,13 +120,15 @@ pub struct RenterEngine {
     me: NodeId,
     config: RenterConfig,
     leases: HashMap<LeaseId, RenterLease>,
+    /// Requested leases whose request went unanswered and that were asked about once.
+    status_asked: HashSet<LeaseId>,
 }
 
 impl RenterEngine {
     /// A new engine that signs with `key`.
     pub fn new(key: SigningKey, config: RenterConfig) -> RenterEngine {
         let me = NodeId::from_bytes(key.verifying_key().to_bytes());
-        RenterEngine { key, me, config, leases: HashMap::new() }
+        RenterEngine { key, me, config, leases: HashMap::new(), status_asked: HashSet::new() }
     }
 
     /// One lease.
@@ -409,6 +411,13 @@ impl RenterEngine {
     ) {
         let Some(l) = self.leases.get(&lease_id) else { return };
         match l.state {
+            // The request may have been granted and the answer lost (or the provider crashed
+            // after making the grant durable): ask once what became of it.
+            LeaseState::Requested if !self.status_asked.contains(&lease_id) => {
+                let provider = l.provider;
+                self.status_asked.insert(lease_id);
+                out.push(RenterOutput::Send { provider, lease_id, rpc: LeaseRpc::Status(lease_id) })
+            }
             LeaseState::Requested => {
                 self.fail(lease_id, format!("no answer from the provider: {error}"), out)
             }

@@ -1,0 +1,310 @@
+//! Leasing across nodes: search → live query → lease → access → release → receipt; many
+//! renters racing for the last GPUs; every provider-side reject; expiry on both sides.
+
+use anyhow::{Result, bail};
+use futures::StreamExt;
+use gpumesh_node::handle::Search;
+use gpumesh_node::lease_task::{LeaseError, LeaseParams};
+use gpumesh_node::net::codec::BytesCodec;
+use gpumesh_protocol::lease::messages::{LeaseReject, LeaseRequest, RejectReason};
+use gpumesh_protocol::query::Query;
+use gpumesh_protocol::wire::{self, LeaseRpc, LeaseRpcReply};
+use gpumesh_protocol::*;
+use gpumesh_tests::{TestNode, poll, test_config, wait_for};
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::{Multiaddr, StreamProtocol, identity, noise, tcp, yamux};
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+fn search(q: &str) -> Result<Search> {
+    Ok(Search { query: Query::parse(q)?, sort: Default::default(), limit: usize::MAX, latency_weight: 0.5 })
+}
+
+/// Waits until `renter` holds exactly one offer of `provider` and returns its id.
+async fn offer_of(renter: &TestNode, provider: &TestNode) -> Result<String> {
+    let p = provider.peer_id();
+    poll("the provider's offer at the renter", Duration::from_secs(20), || async {
+        let o = renter.offers_of(&p).await.ok()?;
+        (o.len() == 1).then(|| o[0].offer_id.clone())
+    })
+    .await
+}
+
+fn params(offer: Verified<Offer>, gpus: u32, duration_s: u64) -> LeaseParams {
+    LeaseParams { offer, gpus, duration_s, max_price: None, ssh_key: None }
+}
+
+async fn lease(
+    renter: &TestNode,
+    offer_id: &str,
+    gpus: u32,
+    duration_s: u64,
+) -> Result<Result<gpumesh_node::views::LeaseView, LeaseError>> {
+    let offer = renter.handle().find_offer(offer_id.into()).await??;
+    Ok(renter.handle().lease(params(offer, gpus, duration_s)).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_query_lease_access_release_receipt_across_three_nodes() -> Result<()> {
+    let net = "t-lease-flow";
+    let tmp = tempfile::tempdir()?;
+    // A start hook that hands out an "ssh endpoint" naming the leased GPU.
+    let hook = tmp.path().join("start.sh");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\nin=$(cat)\nuuid=$(echo \"$in\" | sed 's/.*\"gpu_uuids\":\\[\"\\([^\"]*\\)\".*/\\1/')\necho \"{\\\"host\\\":\\\"10.1.2.3\\\",\\\"port\\\":2222,\\\"gpu\\\":\\\"$uuid\\\"}\"\n",
+    )?;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755))?;
+    let mut pc = test_config(net, Some("H100-SXM-80GB:2,RTX-4090:1"), &[]);
+    pc.hooks.on_lease_start = Some(hook);
+    let provider = TestNode::start(pc).await?;
+    let boot = provider.addr().await?;
+    let relay =
+        TestNode::start(test_config(net, Some("A100-SXM-80GB:1"), std::slice::from_ref(&boot))).await?;
+    let relay_addr = relay.addr().await?;
+    // The renter only knows the relay.
+    let renter = TestNode::start(test_config(net, None, &[relay_addr])).await?;
+    wait_for("the renter's book", Duration::from_secs(20), || async {
+        matches!(renter.status().await, Ok(s) if s.offers_known == 3)
+    })
+    .await?;
+
+    // Search, then live query.
+    let found = renter.handle().offers(search("gpu=h100 price<=3")?).await?;
+    assert_eq!(found.len(), 1);
+    let report = renter.handle().capacity(search("gpu=h100")?, Duration::from_secs(5)).await?;
+    assert!(report.answered.iter().any(|a| a.peer_id == provider.peer_id() && a.offers == 1), "{report:?}");
+    assert!(report.unreachable.is_empty(), "{report:?}");
+    assert_eq!(report.offers.len(), 1);
+    assert_eq!(report.offers[0].gpu_count, 2);
+
+    // Lease, with the access details from the hook.
+    let l = lease(&renter, &report.offers[0].offer_id, 1, 600).await??;
+    assert_eq!(l.state, "active");
+    assert_eq!(l.gpu_uuids.len(), 1);
+    assert_eq!(l.access["host"], "10.1.2.3");
+    assert_eq!(l.access["gpu"], l.gpu_uuids[0].as_str());
+    // The provider re-advertises one free GPU.
+    let pid = provider.peer_id();
+    wait_for("the new free count at the renter", Duration::from_secs(20), || async {
+        matches!(renter.handle().offers(search(&format!("gpu=h100 provider={pid}")).unwrap()).await,
+            Ok(o) if o.len() == 1 && o[0].gpu_count == 1)
+    })
+    .await?;
+    let provider_side = provider.handle().lease_show(l.lease_id.clone()).await??;
+    assert_eq!((provider_side.role.as_str(), provider_side.state.as_str()), ("provider", "active"));
+
+    // Release: the receipt is verified and stored on the renter's side.
+    let released = renter.handle().release(l.lease_id[..6].to_string()).await??;
+    assert_eq!(released.state, "released");
+    let receipts = renter.handle().receipts().await?;
+    assert_eq!(receipts.len(), 1);
+    assert_eq!(receipts[0].lease_id, l.lease_id);
+    assert_eq!(receipts[0].ended_by, "released");
+    assert_eq!(receipts[0].gpu_uuids, l.gpu_uuids);
+    assert_eq!(provider.handle().lease_show(l.lease_id.clone()).await??.state, "released");
+    Ok(())
+}
+
+/// Fires `n` lease requests for one GPU each from each renter, all at once.
+async fn race(renters: &[TestNode], offer_id: &str, per_renter: usize) -> Result<(usize, usize)> {
+    let mut tasks = Vec::new();
+    for r in renters {
+        let offer = r.handle().find_offer(offer_id.into()).await??;
+        for _ in 0..per_renter {
+            let h = r.handle().clone();
+            let p = params(offer.clone(), 1, 600);
+            tasks.push(tokio::spawn(async move { h.lease(p).await }));
+        }
+    }
+    let (mut granted, mut no_capacity) = (0, 0);
+    for t in tasks {
+        match t.await?? {
+            Ok(_) => granted += 1,
+            Err(LeaseError::Rejected { reason: RejectReason::NoCapacity, .. }) => no_capacity += 1,
+            Err(e) => bail!("unexpected outcome: {e}"),
+        }
+    }
+    Ok((granted, no_capacity))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_renters_get_exactly_the_free_gpus() -> Result<()> {
+    let net = "t-lease-race";
+    let one = TestNode::start(test_config(net, Some("RTX-4090:1"), &[])).await?;
+    let boot = one.addr().await?;
+    let two = TestNode::start(test_config(net, Some("L40S:2"), std::slice::from_ref(&boot))).await?;
+    let mut renters = Vec::new();
+    for _ in 0..4 {
+        renters.push(TestNode::start(test_config(net, None, std::slice::from_ref(&boot))).await?);
+    }
+    let last = offer_of(&renters[0], &one).await?;
+    let two_left = offer_of(&renters[0], &two).await?;
+    for r in &renters {
+        offer_of(r, &one).await?;
+        offer_of(r, &two).await?;
+    }
+    assert_eq!(race(&renters, &last, 5).await?, (1, 19), "20 requests for the last GPU");
+    assert_eq!(race(&renters, &two_left, 5).await?, (2, 18), "20 requests for two GPUs");
+    // Every GPU is in exactly one active lease on the providers' side.
+    for p in [&one, &two] {
+        let active: Vec<_> = p.handle().leases().await?.into_iter().filter(|l| l.state == "active").collect();
+        let mut gpus: Vec<String> = active.iter().flat_map(|l| l.gpu_uuids.clone()).collect();
+        let n = gpus.len();
+        gpus.sort();
+        gpus.dedup();
+        assert_eq!(gpus.len(), n, "a GPU is in two leases");
+    }
+    Ok(())
+}
+
+fn reason_of(r: Result<gpumesh_node::views::LeaseView, LeaseError>) -> Option<RejectReason> {
+    match r {
+        Err(LeaseError::Rejected { reason, .. }) => Some(reason),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_reject_with_the_right_reason() -> Result<()> {
+    let net = "t-lease-reject";
+    let tmp = tempfile::tempdir()?;
+    let renter = TestNode::start(test_config(net, None, &[])).await?;
+    let boot = renter.addr().await?;
+    let p_dir = tmp.path().join("provider");
+    let mut provider =
+        TestNode::start_in(&p_dir, test_config(net, Some("H100-SXM-80GB:2"), std::slice::from_ref(&boot)))
+            .await?;
+    let offer_id = offer_of(&renter, &provider).await?;
+
+    // Price above max.
+    let offer = renter.handle().find_offer(offer_id.clone()).await??;
+    let mut p = params(offer.clone(), 1, 600);
+    p.max_price = Some(Price(offer.price.0 - 1));
+    assert_eq!(reason_of(renter.handle().lease(p).await?), Some(RejectReason::PriceAboveMax));
+    // Duration out of range (the test config allows 1 s to 1 day).
+    assert_eq!(
+        reason_of(lease(&renter, &offer_id, 1, 3 * 86_400).await?),
+        Some(RejectReason::DurationOutOfRange)
+    );
+    // No capacity.
+    assert_eq!(reason_of(lease(&renter, &offer_id, 3, 600).await?), Some(RejectReason::NoCapacity));
+
+    // Forged request signature, sent straight over /gpumesh/lease/1.
+    let forged = forged_request(&provider, &offer).await?;
+    assert_eq!(forged, RejectReason::BadSignature);
+
+    // Denied renter: the provider restarts with the renter on its deny list.
+    provider.crash().await;
+    let mut c = test_config(net, Some("H100-SXM-80GB:2"), std::slice::from_ref(&boot));
+    c.policy.deny = vec![renter.peer_id()];
+    let provider = TestNode::start_in(&p_dir, c).await?;
+    wait_for("the provider to reconnect", Duration::from_secs(20), || async {
+        matches!(provider.status().await, Ok(s) if s.peers >= 1)
+    })
+    .await?;
+    assert_eq!(reason_of(lease(&renter, &offer_id, 1, 600).await?), Some(RejectReason::DeniedByPolicy));
+
+    // Unknown offer: the provider comes back with other GPUs (a crash leaves no withdrawal, so
+    // the renter still holds the old offer).
+    let mut provider = provider;
+    provider.crash().await;
+    let provider =
+        TestNode::start_in(&p_dir, test_config(net, Some("T4:1"), std::slice::from_ref(&boot))).await?;
+    wait_for("the provider to reconnect", Duration::from_secs(20), || async {
+        matches!(provider.status().await, Ok(s) if s.peers >= 1)
+    })
+    .await?;
+    assert_eq!(
+        reason_of(lease(&renter, &offer_id, 1, 600).await?),
+        Some(RejectReason::OfferUnknownOrExpired)
+    );
+    Ok(())
+}
+
+/// Sends a lease request signed by one key but naming another renter; returns the reason.
+async fn forged_request(provider: &TestNode, offer: &Verified<Offer>) -> Result<RejectReason> {
+    let mallory = SigningKey::from_bytes(&[13; 32]);
+    let kp = identity::Keypair::ed25519_from_bytes(mallory.to_bytes())?;
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(kp)
+        .with_tokio()
+        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)?
+        .with_behaviour(|_| {
+            request_response::Behaviour::with_codec(
+                BytesCodec { max_request: wire::MAX_LEASE_RPC, max_response: wire::MAX_LEASE_RPC },
+                [(StreamProtocol::new(wire::LEASE_PROTOCOL), ProtocolSupport::Outbound)],
+                request_response::Config::default(),
+            )
+        })?
+        .build();
+    let victim = NodeId::from_bytes([42; 32]);
+    let req = LeaseRequest {
+        v: PROTOCOL_VERSION,
+        network: offer.network.clone(),
+        renter: victim,
+        provider: offer.provider,
+        offer_id: offer.offer_id,
+        gpus: 1,
+        duration_s: 600,
+        price: offer.price,
+        max_price: offer.price,
+        nonce: Nonce([1; 16]),
+        issued_at: gpumesh_node::clock::now(),
+        ssh_key: None,
+    };
+    let bytes = wire::encode(&LeaseRpc::Request(Bytes(envelope::seal(&mallory, &req))));
+    let addr: Multiaddr = provider.addr().await?.parse()?;
+    let peer = provider.peer_id().parse()?;
+    swarm.behaviour_mut().send_request_with_addresses(&peer, bytes, vec![addr]);
+    let deadline = tokio::time::sleep(Duration::from_secs(20));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            ev = swarm.select_next_some() => match ev {
+                libp2p::swarm::SwarmEvent::Behaviour(request_response::Event::Message {
+                    message: request_response::Message::Response { response, .. }, ..
+                }) => {
+                    let LeaseRpcReply::Reject(r) = wire::decode::<LeaseRpcReply>(&response, wire::MAX_LEASE_RPC)? else {
+                        bail!("expected a reject");
+                    };
+                    let reject = envelope::open::<LeaseReject>(&r.0)?;
+                    assert_eq!(reject.signer(), &offer.provider, "the reject is signed by the provider");
+                    return Ok(reject.reason);
+                }
+                libp2p::swarm::SwarmEvent::Behaviour(request_response::Event::OutboundFailure { error, .. }) => {
+                    bail!("request failed: {error}")
+                }
+                _ => {}
+            },
+            _ = &mut deadline => bail!("no answer to the forged request"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_lease_expires_on_both_sides_and_the_gpu_comes_back() -> Result<()> {
+    let net = "t-lease-expiry";
+    let provider = TestNode::start(test_config(net, Some("RTX-3090:1"), &[])).await?;
+    let boot = provider.addr().await?;
+    let renter = TestNode::start(test_config(net, None, &[boot])).await?;
+    let offer_id = offer_of(&renter, &provider).await?;
+    let l = lease(&renter, &offer_id, 1, 3).await??;
+    assert_eq!(l.state, "active");
+    let id = l.lease_id.clone();
+    wait_for("the lease to expire at the renter, with a receipt", Duration::from_secs(20), || async {
+        let state = renter.handle().lease_show(id.clone()).await.ok().and_then(Result::ok).map(|l| l.state);
+        state.as_deref() == Some("expired")
+            && renter.handle().receipts().await.is_ok_and(|r| r.iter().any(|r| r.lease_id == id))
+    })
+    .await?;
+    assert_eq!(provider.handle().lease_show(id.clone()).await??.state, "expired");
+    let receipt = renter.handle().receipts().await?.into_iter().find(|r| r.lease_id == id).expect("receipt");
+    assert_eq!(receipt.ended_by, "expired");
+    assert!(receipt.amount_micros > 0);
+    let pid = provider.peer_id();
+    wait_for("the GPU offered again", Duration::from_secs(20), || async {
+        matches!(renter.offers_of(&pid).await, Ok(o) if o.len() == 1 && o[0].gpu_count == 1)
+    })
+    .await?;
+    Ok(())
+}
