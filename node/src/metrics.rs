@@ -76,7 +76,7 @@ impl Metrics {
             "Peers disconnected and blocked for invalid messages",
             peer_bans.clone(),
         );
-        let libp2p = libp2p::metrics::Metrics::new(registry.sub_registry_with_prefix("libp2p"));
+        let libp2p = libp2p::metrics::Metrics::new(&mut registry);
         Metrics {
             registry,
             peers,

@@ -181,9 +181,16 @@ pub fn gpumesh_bin() -> PathBuf {
     BIN.get_or_init(|| {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        // `cargo test` sets variables (LD_LIBRARY_PATH, CARGO_PKG_*…) that some build scripts
+        // track; passing them on would make this build differ from a plain one and recompile
+        // the C parts of the QUIC stack every time. Keep only what cargo itself needs.
+        let keep =
+            ["PATH", "HOME", "CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN", "CARGO_TARGET_DIR", "TMPDIR"];
         let status = Command::new(cargo)
             .args(["build", "--quiet", "-p", "gpumesh-cli", "--bin", "gpumesh"])
             .current_dir(&root)
+            .env_clear()
+            .envs(std::env::vars().filter(|(k, _)| keep.contains(&k.as_str())))
             .status()
             .expect("running cargo build");
         assert!(status.success(), "building gpumesh failed");

@@ -115,3 +115,29 @@ async fn a_restarted_node_has_its_book_back_before_it_reconnects() -> Result<()>
     assert_eq!(b2.offers_of(&pa).await?.len(), 2, "the book came back from the store");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_keeps_dialing_its_bootstrap_peer_until_it_comes_up() -> Result<()> {
+    let net = "t-retry";
+    let tmp = tempfile::tempdir()?;
+    // Know A's identity and a free port before A runs.
+    let a_dir = tmp.path().join("a");
+    let a_id = gpumesh_node::DataDir::new(&a_dir).init(net, false)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let a_addr = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{a_id}");
+    let b = TestNode::start(test_config(net, None, &[a_addr])).await?;
+    // B has been failing to dial for a while (at least two attempts) when A starts.
+    wait_for("two failed dials", Duration::from_secs(10), || async {
+        b.metric_sum("gpumesh_libp2p_swarm_outgoing_connection_error_total").await.unwrap_or(0.0) >= 2.0
+    })
+    .await?;
+    let mut c = test_config(net, Some("RTX-4090:1"), &[]);
+    c.listen = vec![format!("/ip4/127.0.0.1/tcp/{port}")];
+    let a = TestNode::start_in(&a_dir, c).await?;
+    let pa = a.peer_id();
+    wait_for("b to connect and learn a's offer", Duration::from_secs(20), || async {
+        matches!(b.offers_of(&pa).await, Ok(o) if o.len() == 1)
+    })
+    .await?;
+    Ok(())
+}

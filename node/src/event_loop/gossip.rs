@@ -12,8 +12,15 @@ use libp2p::gossipsub::{self, MessageAcceptance};
 
 impl EventLoop {
     pub(super) fn handle_gossip_event(&mut self, event: gossipsub::Event) {
-        let gossipsub::Event::Message { propagation_source, message_id, message } = event else {
-            return;
+        let (propagation_source, message_id, message) = match event {
+            gossipsub::Event::Message { propagation_source, message_id, message } => {
+                (propagation_source, message_id, message)
+            }
+            gossipsub::Event::Subscribed { topic, .. } if topic == self.topic.hash() => {
+                self.retry_unsent();
+                return;
+            }
+            _ => return,
         };
         let now = crate::clock::now();
         let outcome = if message.topic != self.topic.hash() {
@@ -109,9 +116,27 @@ impl EventLoop {
                 return;
             }
         }
-        if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), bytes) {
-            // No peers yet is normal at start-up: book sync and re-announcement cover it.
-            tracing::debug!(error = %e, "publish did not reach any peer");
+        self.publish_or_keep(bytes);
+    }
+
+    /// Publishes one of our own messages; if no peer subscribes to the topic yet, keeps it
+    /// (the latest per offer) to publish when one does.
+    fn publish_or_keep(&mut self, bytes: Vec<u8>) {
+        match self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), bytes.clone()) {
+            Ok(_) => {}
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
+                let id = offer_id_of(&bytes);
+                self.unsent.retain(|b| offer_id_of(b) != id);
+                self.unsent.push(bytes);
+            }
+            Err(e) => tracing::debug!(error = %e, "publishing our own message failed"),
+        }
+    }
+
+    /// A peer joined the topic: publish what found no peer before.
+    fn retry_unsent(&mut self) {
+        for bytes in std::mem::take(&mut self.unsent) {
+            self.publish_or_keep(bytes);
         }
     }
 
@@ -189,5 +214,17 @@ impl EventLoop {
                 Err(LookupError::Ambiguous { prefix: prefix.into(), matches: ids })
             }
         }
+    }
+}
+
+/// The offer id an offer or withdrawal envelope is about (without verifying: our own bytes).
+fn offer_id_of(bytes: &[u8]) -> Option<gpumesh_protocol::OfferId> {
+    let raw = RawEnvelope::parse(bytes).ok()?;
+    match raw.kind {
+        Kind::Offer => gpumesh_protocol::envelope::decode_body::<Offer>(raw.body).ok().map(|o| o.offer_id),
+        Kind::Withdrawal => {
+            gpumesh_protocol::envelope::decode_body::<Withdrawal>(raw.body).ok().map(|w| w.offer_id)
+        }
+        _ => None,
     }
 }

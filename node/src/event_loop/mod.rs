@@ -59,6 +59,8 @@ pub(crate) struct EventLoop {
     probes: Vec<Probe>,
     next_fanout: u64,
     syncs_in_flight: HashMap<libp2p::request_response::OutboundRequestId, PeerId>,
+    /// Our own offers and withdrawals that found no topic peer yet.
+    unsent: Vec<Vec<u8>>,
 }
 
 /// What the event loop needs to start.
@@ -106,6 +108,7 @@ impl EventLoop {
             probes: Vec::new(),
             next_fanout: 0,
             syncs_in_flight: HashMap::new(),
+            unsent: Vec::new(),
             settings: p.settings,
         }
     }
