@@ -132,6 +132,10 @@ pub struct NodeArgs {
     /// Read the config from this file instead of <data dir>/gpumesh.toml.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Stop (cleanly) when the parent process goes away; used by `gpumesh testnet` so its
+    /// nodes never outlive it, even when it is killed with SIGKILL.
+    #[arg(long, hide = true)]
+    pub exit_with_parent: bool,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -71,13 +71,25 @@ pub async fn node(data_dir: &DataDir, api: Option<&str>, args: NodeArgs) -> Resu
     let config = node_config(data_dir, api, &args)?;
     let settings = config.resolve()?;
     init_logging(settings.log_format);
-    let shutdown = async {
+    let watch_parent = args.exit_with_parent;
+    let shutdown = async move {
         use tokio::signal::unix::{SignalKind, signal};
+        let parent_gone = async {
+            if !watch_parent {
+                return std::future::pending().await;
+            }
+            let parent = std::os::unix::process::parent_id();
+            // When the parent dies the node is re-parented; nothing is lost by polling.
+            while std::os::unix::process::parent_id() == parent {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        };
         match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
             (Ok(mut int), Ok(mut term)) => {
                 tokio::select! {
                     _ = int.recv() => tracing::info!("SIGINT received"),
                     _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = parent_gone => tracing::info!("parent process gone"),
                 }
             }
             _ => {
