@@ -51,8 +51,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List connected peers and their round-trip times.
+    /// List connected peers and their round-trip times; `peers block|unblock PEER_ID`.
     Peers {
+        #[command(subcommand)]
+        action: Option<PeersAction>,
         #[arg(long)]
         json: bool,
     },
@@ -98,6 +100,14 @@ pub enum Command {
     },
     /// Start a local multi-node network with simulated GPUs.
     Testnet(TestnetArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PeersAction {
+    /// Disconnect a peer and refuse it until unblocked.
+    Block { peer_id: String },
+    /// Stop refusing a peer (also lifts an automatic ban for misbehaviour).
+    Unblock { peer_id: String },
 }
 
 #[derive(Debug, Args, Clone)]

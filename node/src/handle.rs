@@ -66,6 +66,13 @@ pub enum Command {
         token: u64,
         bytes: Vec<u8>,
     },
+    /// Block (`true`) or unblock a peer: a blocked peer is disconnected and refused until
+    /// unblocked. Answers whether anything changed.
+    Block {
+        peer: libp2p::PeerId,
+        block: bool,
+        reply: oneshot::Sender<bool>,
+    },
     /// Stop: deliver pending gossip for a moment, flush, end the loop.
     Shutdown(oneshot::Sender<()>),
 }
@@ -118,6 +125,22 @@ impl NodeHandle {
 
     pub async fn probe(&self, providers: Vec<NodeId>, timeout: Duration) -> Result<usize, NodeStopped> {
         self.ask(|reply| Command::Probe { providers, timeout, reply }).await
+    }
+
+    /// Blocks a peer until [`NodeHandle::unblock`]: disconnects it and refuses its connections.
+    pub async fn block(&self, peer: libp2p::PeerId) -> Result<bool, NodeStopped> {
+        self.ask(|reply| Command::Block { peer, block: true, reply }).await
+    }
+
+    /// Lifts a block (manual or for misbehaviour).
+    pub async fn unblock(&self, peer: libp2p::PeerId) -> Result<bool, NodeStopped> {
+        self.ask(|reply| Command::Block { peer, block: false, reply }).await
+    }
+
+    /// Publishes a signed offer or withdrawal as if it were our own (it is validated like
+    /// any gossip first). For tools and benchmarks that sign with this node's key.
+    pub async fn publish(&self, envelope: Vec<u8>) -> Result<(), NodeStopped> {
+        self.swarm.send(Command::Publish(envelope)).await.map_err(|_| NodeStopped)
     }
 
     /// Leases from an offer; waits for the provider's answer.

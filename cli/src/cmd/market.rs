@@ -4,7 +4,7 @@ use crate::cli::SearchArgs;
 use crate::client::{CallError, Client, plain};
 use crate::table::Table;
 use anyhow::{Result, anyhow};
-use gpumesh_node::api::routes::{PriceBody, PriceResult, ProbeResult, SearchParams};
+use gpumesh_node::api::routes::{BlockResult, PriceBody, PriceResult, ProbeResult, SearchParams};
 use gpumesh_node::views::{CapacityReport, OfferView, PeerView, StatusView};
 use std::time::Duration;
 
@@ -157,6 +157,22 @@ pub async fn price(c: &Client, usd: String, model: Option<String>, json: bool) -
         super::print_json(&r)?;
     } else {
         println!("{} offer(s) now at {usd} USD/GPU-h; re-advertised", r.groups);
+    }
+    Ok(0)
+}
+
+pub async fn block(c: &Client, action: crate::cli::PeersAction, json: bool) -> Result<i32> {
+    let (peer, verb) = match &action {
+        crate::cli::PeersAction::Block { peer_id } => (peer_id, "block"),
+        crate::cli::PeersAction::Unblock { peer_id } => (peer_id, "unblock"),
+    };
+    let r: BlockResult = plain(c.post(&format!("/v1/peers/{peer}/{verb}"), &serde_json::json!({})).await)?;
+    if json {
+        super::print_json(&r)?;
+    } else {
+        let state = if r.blocked { "blocked" } else { "not blocked" };
+        let note = if r.changed { "" } else { " (already)" };
+        println!("{} is {state}{note}", r.peer_id);
     }
     Ok(0)
 }

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `GET /v1/status` | node id, network, listen addresses, peers, book size |
 //! | `GET /v1/peers` | connected peers with RTT |
+//! | `POST /v1/peers/{id}/block`, `/unblock` | disconnect and refuse a peer, or stop refusing it |
 //! | `GET /v1/gpus` | the local GPU inventory |
 //! | `GET /v1/offers?q=&sort=&limit=&latency_weight=` | search the offer book |
 //! | `POST /v1/query` | live capacity query to every provider |

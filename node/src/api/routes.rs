@@ -18,6 +18,8 @@ pub(super) fn routes() -> Router<ApiState> {
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/peers", get(peers))
+        .route("/v1/peers/{id}/block", post(block))
+        .route("/v1/peers/{id}/unblock", post(unblock))
         .route("/v1/gpus", get(gpus))
         .route("/v1/offers", get(offers))
         .route("/v1/query", post(query))
@@ -38,6 +40,31 @@ async fn status(State(s): State<ApiState>) -> ApiResult<StatusView> {
 
 async fn peers(State(s): State<ApiState>) -> ApiResult<Vec<PeerView>> {
     Ok(Json(s.node.peers().await?))
+}
+
+/// `POST /v1/peers/{id}/block` and `/unblock` result.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct BlockResult {
+    pub peer_id: String,
+    pub blocked: bool,
+    /// Whether this changed anything.
+    pub changed: bool,
+}
+
+fn peer_param(id: &str) -> Result<libp2p::PeerId, ApiError> {
+    id.parse().map_err(|_| ApiError::bad_request(format!("`{id}` is not a peer id (12D3KooW…)")))
+}
+
+async fn block(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<BlockResult> {
+    let peer = peer_param(&id)?;
+    let changed = s.node.block(peer).await?;
+    Ok(Json(BlockResult { peer_id: peer.to_string(), blocked: true, changed }))
+}
+
+async fn unblock(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<BlockResult> {
+    let peer = peer_param(&id)?;
+    let changed = s.node.unblock(peer).await?;
+    Ok(Json(BlockResult { peer_id: peer.to_string(), blocked: false, changed }))
 }
 
 async fn gpus(State(s): State<ApiState>) -> ApiResult<Vec<GpuView>> {

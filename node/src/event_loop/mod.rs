@@ -240,6 +240,14 @@ impl EventLoop {
                     tracing::debug!(token, "lease reply not delivered: the requester went away");
                 }
             }
+            Command::Block { peer, block, reply } => {
+                let changed = if block {
+                    self.peers.block(&mut self.swarm, peer)
+                } else {
+                    self.peers.unblock(&mut self.swarm, peer)
+                };
+                let _ = reply.send(changed);
+            }
             Command::Shutdown(_) => unreachable!("handled in run"),
         }
     }

@@ -85,6 +85,22 @@ impl PeerState {
         let _ = swarm.disconnect_peer_id(peer);
     }
 
+    /// Blocks a peer until unblocked (an operator's decision, no expiry).
+    pub(crate) fn block(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId) -> bool {
+        let new =
+            self.banned.insert(peer, Instant::now() + Duration::from_secs(100 * 365 * 86_400)).is_none();
+        swarm.behaviour_mut().blocked.block_peer(peer);
+        let _ = swarm.disconnect_peer_id(peer);
+        new
+    }
+
+    /// Lifts a block or ban.
+    pub(crate) fn unblock(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId) -> bool {
+        swarm.behaviour_mut().blocked.unblock_peer(peer);
+        self.faults.remove(&peer);
+        self.banned.remove(&peer).is_some()
+    }
+
     pub(crate) fn expire_bans(&mut self, swarm: &mut Swarm<Behaviour>) {
         let now = Instant::now();
         self.banned.retain(|peer, until| {
