@@ -2,7 +2,8 @@
 //!
 //! - sign an offer; open (decode + strict verify) it; open + validate it; the raw
 //!   `verify_strict` over the same bytes as a baseline;
-//! - parse a query, and evaluate parsed queries over 100k offers (filter + rank + limit 20).
+//! - parse a query; search a 100k-offer book with 10 queries (filter + sort + limit 20), and
+//!   the naive scan-and-rank for comparison.
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use gpumesh_protocol::envelope::{self, RawEnvelope};
@@ -122,26 +123,47 @@ const QUERIES: [&str; 10] = [
     "gpu notin [t4,rtx3090] price>=0.5 price<=3",
 ];
 
+/// A book of `n` offers from 1000 providers, as the node holds it.
+pub fn big_book(n: u64) -> OfferBook {
+    let keys: Vec<SigningKey> = (0..1000u64)
+        .map(|i| {
+            let mut seed = [0u8; 32];
+            seed[..8].copy_from_slice(&i.to_le_bytes());
+            SigningKey::from_bytes(&seed)
+        })
+        .collect();
+    let mut book = OfferBook::new(BookConfig { max_offers_per_provider: 10_000, ..BookConfig::default() });
+    for i in 0..n {
+        let k = &keys[(i % 1000) as usize];
+        book.insert(Verified::seal(k, offer(k, i)), NOW).unwrap();
+    }
+    book
+}
+
 fn queries(c: &mut Criterion) {
-    let key = SigningKey::from_bytes(&[9; 32]);
-    let offers: Vec<Offer> = (0..100_000).map(|i| offer(&key, i)).collect();
-    let latency: Vec<Option<u32>> = (0..100_000u32).map(|i| (i % 5 != 0).then_some(5 + i % 200)).collect();
+    let book = big_book(100_000);
+    let latency = |n: &NodeId| (n.as_bytes()[0] % 5 != 0).then_some(5 + u32::from(n.as_bytes()[1]));
     let mut g = c.benchmark_group("query");
     g.bench_function("parse", |b| b.iter(|| Query::parse(black_box(QUERIES[2])).unwrap()));
     for (i, q) in QUERIES.iter().enumerate() {
         let parsed = Query::parse(q).unwrap();
-        g.bench_function(format!("eval_100k_q{i}"), |b| {
-            b.iter(|| {
-                let cands: Vec<Candidate> = offers
-                    .iter()
-                    .zip(&latency)
-                    .map(|(offer, l)| Candidate { offer, latency_ms: *l })
-                    .filter(|c| parsed.matches(c.offer, c.latency_ms))
-                    .collect();
-                ranked(&cands, SortKey::Price, 0.5).into_iter().take(20).count()
-            })
+        let sort = [SortKey::Price, SortKey::Score, SortKey::Latency][i % 3];
+        g.bench_function(format!("search_100k_q{i}"), |b| {
+            b.iter(|| book.search(&parsed, sort, 0.5, 20, NOW, &latency).len())
         });
     }
+    // The naive path, for comparison: filter every offer, then rank.
+    let parsed = Query::parse(QUERIES[1]).unwrap();
+    g.bench_function("scan_and_rank_100k_q1", |b| {
+        b.iter(|| {
+            let cands: Vec<Candidate> = book
+                .live(NOW)
+                .map(|o| Candidate { offer: o.body(), latency_ms: latency(&o.provider) })
+                .filter(|c| parsed.matches(c.offer, c.latency_ms))
+                .collect();
+            ranked(&cands, SortKey::Price, 0.5).into_iter().take(20).count()
+        })
+    });
     g.finish();
 }
 

@@ -394,6 +394,175 @@ impl fmt::Display for Value {
     }
 }
 
+/// What a term looks at, for evaluating a query over many offers at once: terms on the GPU
+/// spec are the same for every offer of a GPU group, terms on the provider (and its latency)
+/// the same for every offer of a provider, terms on the region the same for every offer in
+/// it; only the rest differ offer by offer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// `gpu`, `vram`, `cc`, `interconnect`.
+    Spec,
+    /// `provider`, `latency`.
+    Provider,
+    /// `region`.
+    Region,
+    /// `count`, `price`, `cpu`, `ram`, `disk`, `duration`.
+    Offer,
+}
+
+impl Field {
+    /// What the field's value depends on.
+    pub fn scope(self) -> Scope {
+        match self {
+            Field::Gpu | Field::Vram | Field::Cc | Field::Interconnect => Scope::Spec,
+            Field::Provider | Field::Latency => Scope::Provider,
+            Field::Region => Scope::Region,
+            Field::Count | Field::Price | Field::Cpu | Field::Ram | Field::Disk | Field::Duration => {
+                Scope::Offer
+            }
+        }
+    }
+}
+
+/// The values of an offer that terms compare. [`Offer`] implements it; an index may
+/// implement it over a compact row.
+pub trait Fields {
+    fn model(&self) -> &str;
+    fn vram_mib(&self) -> u32;
+    fn compute_capability(&self) -> Option<ComputeCapability>;
+    fn interconnect(&self) -> Interconnect;
+    fn gpu_free(&self) -> u32;
+    fn price_micros(&self) -> u64;
+    fn region(&self) -> &str;
+    fn provider(&self) -> &crate::id::NodeId;
+    fn cpu_cores(&self) -> u32;
+    fn ram_mib(&self) -> u64;
+    fn disk_gib(&self) -> u64;
+    fn max_duration_s(&self) -> u64;
+}
+
+impl Fields for Offer {
+    fn model(&self) -> &str {
+        &self.gpu.model
+    }
+    fn vram_mib(&self) -> u32 {
+        self.gpu.vram_mib
+    }
+    fn compute_capability(&self) -> Option<ComputeCapability> {
+        self.gpu.compute_capability
+    }
+    fn interconnect(&self) -> Interconnect {
+        self.gpu.interconnect
+    }
+    fn gpu_free(&self) -> u32 {
+        self.gpu_free
+    }
+    fn price_micros(&self) -> u64 {
+        self.price.0
+    }
+    fn region(&self) -> &str {
+        &self.host.region
+    }
+    fn provider(&self) -> &crate::id::NodeId {
+        &self.provider
+    }
+    fn cpu_cores(&self) -> u32 {
+        self.host.cpu_cores
+    }
+    fn ram_mib(&self) -> u64 {
+        self.host.ram_mib
+    }
+    fn disk_gib(&self) -> u64 {
+        self.host.disk_gib
+    }
+    fn max_duration_s(&self) -> u64 {
+        self.max_duration_s
+    }
+}
+
+/// An offer's own numeric values: what [`Scope::Offer`] terms compare.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OfferNumbers {
+    pub gpu_free: u32,
+    pub cpu_cores: u32,
+    pub price_micros: u64,
+    pub ram_mib: u64,
+    pub disk_gib: u64,
+    pub max_duration_s: u64,
+}
+
+impl OfferNumbers {
+    /// The numbers of an offer.
+    pub fn of<F: Fields + ?Sized>(o: &F) -> OfferNumbers {
+        OfferNumbers {
+            gpu_free: o.gpu_free(),
+            cpu_cores: o.cpu_cores(),
+            price_micros: o.price_micros(),
+            ram_mib: o.ram_mib(),
+            disk_gib: o.disk_gib(),
+            max_duration_s: o.max_duration_s(),
+        }
+    }
+}
+
+/// A [`Scope::Offer`] term compiled to integer comparisons, for evaluating it over many rows.
+/// It holds exactly when [`Term::matches`] does (both sides are scaled as [`Term::matches`]
+/// compares them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NumericTerm {
+    field: Field,
+    op: Op,
+    rhs: Vec<u128>,
+}
+
+impl NumericTerm {
+    fn lhs(&self, n: &OfferNumbers) -> u128 {
+        const ONE: u128 = Decimal::ONE as u128;
+        match self.field {
+            Field::Count => u128::from(n.gpu_free),
+            Field::Cpu => u128::from(n.cpu_cores),
+            Field::Disk => u128::from(n.disk_gib),
+            Field::Price => u128::from(n.price_micros),
+            Field::Ram => u128::from(n.ram_mib) * ONE,
+            _ => u128::from(n.max_duration_s) * ONE,
+        }
+    }
+
+    /// Whether the term holds for an offer with these numbers.
+    #[inline]
+    pub fn test(&self, n: &OfferNumbers) -> bool {
+        let lhs = self.lhs(n);
+        match self.op {
+            Op::In => self.rhs.contains(&lhs),
+            Op::NotIn => !self.rhs.contains(&lhs),
+            op => self.rhs.first().is_some_and(|r| op.accepts(lhs.cmp(r))),
+        }
+    }
+}
+
+impl Term {
+    /// This term compiled to integer comparisons, if it is a [`Scope::Offer`] term.
+    pub fn numeric(&self) -> Option<NumericTerm> {
+        if self.field.scope() != Scope::Offer {
+            return None;
+        }
+        let scale = |s: &Scalar| -> Option<u128> {
+            match (self.field, s) {
+                (Field::Count | Field::Cpu | Field::Disk, Scalar::Whole(v)) => Some(u128::from(*v)),
+                (Field::Price, Scalar::Decimal(d)) => Some(u128::from(d.0)),
+                (Field::Ram, Scalar::Decimal(d)) => Some(u128::from(d.0) * 1024),
+                (Field::Duration, Scalar::Decimal(d)) => Some(u128::from(d.0) * 3600),
+                _ => None,
+            }
+        };
+        let rhs = match &self.value {
+            Value::One(s) => vec![scale(s)?],
+            Value::List(items) => items.iter().map(scale).collect::<Option<Vec<_>>>()?,
+        };
+        Some(NumericTerm { field: self.field, op: self.op, rhs })
+    }
+}
+
 /// One `field op value` condition. Only [`Query::parse`] builds terms, so every term is
 /// well-typed: its operator applies to its field, list operators have a non-empty list and
 /// the others one scalar of the field's kind.
@@ -417,11 +586,12 @@ impl Term {
         &self.value
     }
 
-    /// Whether `offer` (with its measured latency, if any) satisfies this term.
-    pub fn matches(&self, offer: &Offer, latency_ms: Option<u32>) -> bool {
+    /// Whether `offer` (with its measured latency, if any) satisfies this term. `offer` is an
+    /// [`Offer`] or any other view of one ([`Fields`]).
+    pub fn matches<F: Fields + ?Sized>(&self, offer: &F, latency_ms: Option<u32>) -> bool {
         let known = match self.field {
             Field::Latency => latency_ms.is_some(),
-            Field::Cc => offer.gpu.compute_capability.is_some(),
+            Field::Cc => offer.compute_capability().is_some(),
             _ => true,
         };
         if !known {
@@ -437,25 +607,25 @@ impl Term {
     }
 
     /// Whether `op` holds between the offer's value and one scalar.
-    fn holds(&self, op: Op, offer: &Offer, latency_ms: Option<u32>, s: &Scalar) -> bool {
+    fn holds<F: Fields + ?Sized>(&self, op: Op, offer: &F, latency_ms: Option<u32>, s: &Scalar) -> bool {
         match (self.field, s) {
             (Field::Gpu, Scalar::Text(v)) => {
                 let v = normalise(v);
                 match op {
-                    Op::Eq => gpu_eq(&offer.gpu.model, &v),
-                    Op::Ne => !gpu_eq(&offer.gpu.model, &v),
-                    Op::Contains => normalise(&offer.gpu.model).contains(&v),
+                    Op::Eq => gpu_eq(offer.model(), &v),
+                    Op::Ne => !gpu_eq(offer.model(), &v),
+                    Op::Contains => normalise(offer.model()).contains(&v),
                     _ => false,
                 }
             }
             (Field::Region, Scalar::Text(v)) => match op {
-                Op::Eq => region_eq(&offer.host.region, v),
-                Op::Ne => !region_eq(&offer.host.region, v),
-                Op::Contains => offer.host.region.to_ascii_lowercase().contains(&v.to_ascii_lowercase()),
+                Op::Eq => region_eq(offer.region(), v),
+                Op::Ne => !region_eq(offer.region(), v),
+                Op::Contains => offer.region().to_ascii_lowercase().contains(&v.to_ascii_lowercase()),
                 _ => false,
             },
             (Field::Provider, Scalar::Text(v)) => {
-                let prefix = offer.provider.to_string().starts_with(v.as_str());
+                let prefix = offer.provider().to_string().starts_with(v.as_str());
                 match op {
                     Op::Eq => prefix,
                     Op::Ne => !prefix,
@@ -463,8 +633,8 @@ impl Term {
                 }
             }
             (Field::Interconnect, Scalar::Interconnect(i)) => match op {
-                Op::Eq => offer.gpu.interconnect == *i,
-                Op::Ne => offer.gpu.interconnect != *i,
+                Op::Eq => offer.interconnect() == *i,
+                Op::Ne => offer.interconnect() != *i,
                 _ => false,
             },
             _ => compare(self.field, offer, latency_ms, s).is_some_and(|ord| op.accepts(ord)),
@@ -474,26 +644,29 @@ impl Term {
 
 /// The ordering of the offer's value against a numeric scalar, in exact integer arithmetic;
 /// `None` when the offer's value is unknown (or the scalar is not numeric).
-fn compare(field: Field, offer: &Offer, latency_ms: Option<u32>, s: &Scalar) -> Option<Ordering> {
+fn compare<F: Fields + ?Sized>(
+    field: Field,
+    offer: &F,
+    latency_ms: Option<u32>,
+    s: &Scalar,
+) -> Option<Ordering> {
     const ONE: u128 = Decimal::ONE as u128;
     let wide = |d: &Decimal| u128::from(d.0);
     match (field, s) {
         // `GpuSpec::vram_gib_rounded` computed in u64 so that no `vram_mib` can overflow.
-        (Field::Vram, Scalar::Whole(v)) => Some(((u64::from(offer.gpu.vram_mib) + 512) / 1024).cmp(v)),
-        (Field::Count, Scalar::Whole(v)) => Some(u64::from(offer.gpu_free).cmp(v)),
-        (Field::Cpu, Scalar::Whole(v)) => Some(u64::from(offer.host.cpu_cores).cmp(v)),
-        (Field::Disk, Scalar::Whole(v)) => Some(offer.host.disk_gib.cmp(v)),
-        (Field::Price, Scalar::Decimal(d)) => Some(offer.price.0.cmp(&d.0)),
+        (Field::Vram, Scalar::Whole(v)) => Some(((u64::from(offer.vram_mib()) + 512) / 1024).cmp(v)),
+        (Field::Count, Scalar::Whole(v)) => Some(u64::from(offer.gpu_free()).cmp(v)),
+        (Field::Cpu, Scalar::Whole(v)) => Some(u64::from(offer.cpu_cores()).cmp(v)),
+        (Field::Disk, Scalar::Whole(v)) => Some(offer.disk_gib().cmp(v)),
+        (Field::Price, Scalar::Decimal(d)) => Some(offer.price_micros().cmp(&d.0)),
         // MiB against GiB × 1024, both scaled by 10^6.
-        (Field::Ram, Scalar::Decimal(d)) => {
-            Some((u128::from(offer.host.ram_mib) * ONE).cmp(&(wide(d) * 1024)))
-        }
+        (Field::Ram, Scalar::Decimal(d)) => Some((u128::from(offer.ram_mib()) * ONE).cmp(&(wide(d) * 1024))),
         // Seconds against hours × 3600, both scaled by 10^6.
         (Field::Duration, Scalar::Decimal(d)) => {
-            Some((u128::from(offer.max_duration_s) * ONE).cmp(&(wide(d) * 3600)))
+            Some((u128::from(offer.max_duration_s()) * ONE).cmp(&(wide(d) * 3600)))
         }
         (Field::Latency, Scalar::Decimal(d)) => latency_ms.map(|l| (u128::from(l) * ONE).cmp(&wide(d))),
-        (Field::Cc, Scalar::Cc(c)) => offer.gpu.compute_capability.map(|o| o.cmp(c)),
+        (Field::Cc, Scalar::Cc(c)) => offer.compute_capability().map(|o| o.cmp(c)),
         _ => None,
     }
 }
@@ -550,7 +723,7 @@ impl Query {
 
     /// Whether `offer`, whose provider measured `latency_ms` away (`None`: not measured),
     /// satisfies every term.
-    pub fn matches(&self, offer: &Offer, latency_ms: Option<u32>) -> bool {
+    pub fn matches<F: Fields + ?Sized>(&self, offer: &F, latency_ms: Option<u32>) -> bool {
         self.terms.iter().all(|t| t.matches(offer, latency_ms))
     }
 

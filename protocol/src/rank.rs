@@ -106,20 +106,50 @@ pub fn effective_weight(latency_weight: f64) -> f64 {
 /// the set, not on its order.
 pub fn scores(cands: &[Candidate<'_>], latency_weight: f64) -> Vec<f64> {
     let w = effective_weight(latency_weight);
-    let prices = min_max(cands.iter().map(|c| c.offer.price.0));
-    let latencies = min_max(cands.iter().filter_map(|c| c.latency_ms).map(u64::from));
-    cands
-        .iter()
-        .map(|c| {
-            let np = prices.map_or(0.0, |r| norm(c.offer.price.0, r));
-            let nl = match (c.latency_ms, latencies) {
-                (Some(l), Some(r)) => norm(u64::from(l), r),
-                _ => 1.0,
-            };
-            // The clamp only absorbs rounding (each term is within [0, 1]).
-            ((1.0 - w) * np + w * nl).clamp(0.0, 1.0)
-        })
-        .collect()
+    let range = Ranges::of(cands.iter().map(|c| (c.offer.price.0, c.latency_ms)));
+    cands.iter().map(|c| range.score(c.offer.price.0, c.latency_ms, w)).collect()
+}
+
+/// The price and latency ranges of a candidate set, which a score is normalised against.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ranges {
+    prices: Option<(u64, u64)>,
+    latencies: Option<(u64, u64)>,
+}
+
+impl Ranges {
+    /// The ranges of `(price in micro-USD, latency)` pairs.
+    pub fn of(items: impl Iterator<Item = (u64, Option<u32>)>) -> Ranges {
+        let mut r = Ranges::default();
+        for (p, l) in items {
+            r.add(p, l);
+        }
+        r
+    }
+
+    /// Widens the ranges to include one more candidate.
+    pub fn add(&mut self, price: u64, latency_ms: Option<u32>) {
+        let widen = |acc: Option<(u64, u64)>, v: u64| match acc {
+            None => Some((v, v)),
+            Some((lo, hi)) => Some((lo.min(v), hi.max(v))),
+        };
+        self.prices = widen(self.prices, price);
+        if let Some(l) = latency_ms {
+            self.latencies = widen(self.latencies, u64::from(l));
+        }
+    }
+
+    /// The score of one candidate: `(1 − w)·norm(price) + w·norm(latency)`, unknown latency
+    /// counting as 1. `w` must already be [`effective_weight`].
+    pub fn score(&self, price: u64, latency_ms: Option<u32>, w: f64) -> f64 {
+        let np = self.prices.map_or(0.0, |r| norm(price, r));
+        let nl = match (latency_ms, self.latencies) {
+            (Some(l), Some(r)) => norm(u64::from(l), r),
+            _ => 1.0,
+        };
+        // The clamp only absorbs rounding (each term is within [0, 1]).
+        ((1.0 - w) * np + w * nl).clamp(0.0, 1.0)
+    }
 }
 
 /// Sorts `cands` in place by `key` (see the module docs). `latency_weight` only matters for
@@ -131,12 +161,34 @@ pub fn rank(cands: &mut [Candidate<'_>], key: SortKey, latency_weight: f64) {
     }
 }
 
-/// The candidates sorted by `key`, each with its score, for callers that show scores.
+/// Sorts candidates by `key` (see the module docs for the order and the tie-breaks) and
+/// returns them with their scores. Allocates a new vector; the input is not changed.
 pub fn ranked<'a>(cands: &[Candidate<'a>], key: SortKey, latency_weight: f64) -> Vec<Scored<'a>> {
+    top(cands, key, latency_weight, cands.len())
+}
+
+/// The first `limit` candidates of [`ranked`], in the same order, without sorting the rest:
+/// scores are computed over every candidate, then the best `limit` are selected and sorted.
+pub fn top<'a>(cands: &[Candidate<'a>], key: SortKey, latency_weight: f64, limit: usize) -> Vec<Scored<'a>> {
     let w = effective_weight(latency_weight);
     let mut out: Vec<Scored<'a>> =
         cands.iter().zip(scores(cands, w)).map(|(&candidate, score)| Scored { candidate, score }).collect();
-    out.sort_by(|a, b| match key {
+    let order = |a: &Scored<'_>, b: &Scored<'_>| compare(key, w, a, b);
+    if limit < out.len() {
+        if limit == 0 {
+            return Vec::new();
+        }
+        out.select_nth_unstable_by(limit - 1, order);
+        out.truncate(limit);
+    }
+    out.sort_by(order);
+    out
+}
+
+/// The total order of [`ranked`] (`w` already [`effective_weight`]; scores only matter for
+/// [`SortKey::Score`]).
+pub fn compare(key: SortKey, w: f64, a: &Scored<'_>, b: &Scored<'_>) -> Ordering {
+    match key {
         SortKey::Price => tie_break(&a.candidate, &b.candidate),
         SortKey::Latency => cmp_latency(a.candidate.latency_ms, b.candidate.latency_ms)
             .then_with(|| tie_break(&a.candidate, &b.candidate)),
@@ -149,11 +201,9 @@ pub fn ranked<'a>(cands: &[Candidate<'a>], key: SortKey, latency_weight: f64) ->
             };
             by_score.then(measured_first).then_with(|| tie_break(&a.candidate, &b.candidate))
         }
-    });
-    out
+    }
 }
 
-/// The common tie-break: price, latency (unknown last), offer id, provider, newest seq.
 fn tie_break(a: &Candidate<'_>, b: &Candidate<'_>) -> Ordering {
     a.offer
         .price
@@ -165,20 +215,14 @@ fn tie_break(a: &Candidate<'_>, b: &Candidate<'_>) -> Ordering {
 }
 
 /// Lower latency first; unknown after every known latency.
-fn cmp_latency(a: Option<u32>, b: Option<u32>) -> Ordering {
+/// Known latencies first, lowest first.
+pub fn cmp_latency(a: Option<u32>, b: Option<u32>) -> Ordering {
     match (a, b) {
         (Some(x), Some(y)) => x.cmp(&y),
         (Some(_), None) => Ordering::Less,
         (None, Some(_)) => Ordering::Greater,
         (None, None) => Ordering::Equal,
     }
-}
-
-fn min_max(values: impl Iterator<Item = u64>) -> Option<(u64, u64)> {
-    values.fold(None, |acc, v| match acc {
-        None => Some((v, v)),
-        Some((lo, hi)) => Some((lo.min(v), hi.max(v))),
-    })
 }
 
 /// `(x − min) / (max − min)`, 0 when `max == min`.

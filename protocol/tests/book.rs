@@ -108,3 +108,109 @@ fn expired_offers_are_hidden_at_read_time_and_swept() {
     assert!(b.is_empty());
     assert_eq!(b.providers(), 0);
 }
+
+mod search {
+    use super::*;
+    use gpumesh_protocol::query::Query;
+    use gpumesh_protocol::rank::{Candidate, SortKey, ranked};
+    use proptest::prelude::*;
+
+    const MODELS: [&str; 5] = ["H100-SXM-80GB", "RTX-4090", "A100-SXM-80GB", "L40S", "RTX-3090"];
+    const REGIONS: [&str; 4] = ["us-east", "us-west", "eu-west", "DE"];
+
+    fn varied(
+        k: &SigningKey,
+        model: &str,
+        region: &str,
+        price: u64,
+        free: u32,
+        ttl_ms: u64,
+        seq: u64,
+    ) -> Verified<Offer> {
+        let mut o = offer(k, model, seq, NOW);
+        o.host.region = region.into();
+        o.price = Price(price);
+        o.gpu_total = 8;
+        o.gpu_free = free.min(8);
+        o.expires_at = NOW.plus_millis(ttl_ms);
+        o.host.cpu_cores = 8 + (price % 64) as u32;
+        Verified::seal(k, o)
+    }
+
+    fn naive<'a>(
+        book: &'a OfferBook,
+        q: &Query,
+        key: SortKey,
+        limit: usize,
+        now: Timestamp,
+        lat: &dyn Fn(&NodeId) -> Option<u32>,
+    ) -> Vec<(OfferId, String)> {
+        let cands: Vec<Candidate<'a>> = book
+            .live(now)
+            .map(|o| Candidate { offer: o.body(), latency_ms: lat(&o.provider) })
+            .filter(|c| q.matches(c.offer, c.latency_ms))
+            .collect();
+        let shown = |s: f64| if key == SortKey::Score { format!("{s:.9}") } else { String::new() };
+        ranked(&cands, key, 0.5)
+            .into_iter()
+            .take(limit)
+            .map(|s| (s.candidate.offer.offer_id, shown(s.score)))
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// The indexed search returns exactly what filtering and ranking every live offer does.
+        #[test]
+        fn indexed_search_equals_a_full_scan(
+            entries in prop::collection::vec((0u8..12, 0usize..5, 0usize..4, 100_000u64..3_000_000, 0u32..9, 1u64..10_000), 1..120),
+            removals in prop::collection::vec(any::<prop::sample::Index>(), 0..20),
+            threshold in 0u64..3_000_000,
+            qi in 0usize..8,
+            sort in prop::sample::select(vec![SortKey::Price, SortKey::Latency, SortKey::Score]),
+            limit in 1usize..30,
+            at in 0u64..10_000,
+        ) {
+            let mut book = OfferBook::new(BookConfig { max_offers_per_provider: 1000, ..BookConfig::default() });
+            let keys: Vec<SigningKey> = (0..12u8).map(|i| key(i + 1)).collect();
+            let mut seq = 0;
+            let mut ids = Vec::new();
+            for (p, m, r, price, free, ttl) in entries {
+                seq += 1;
+                let o = varied(&keys[p as usize], MODELS[m], REGIONS[r], price, free, ttl, seq);
+                ids.push(o.offer_id);
+                let _ = book.insert(o, NOW);
+            }
+            for r in removals {
+                let id = ids[r.index(ids.len())];
+                let provider = book.get(&id, Timestamp(0)).map(|o| o.provider);
+                if let Some(pk) = keys.iter().find(|k| Some(id_of(k)) == provider) {
+                    seq += 1;
+                    let w = Verified::seal(pk, Withdrawal { v: PROTOCOL_VERSION, network: NET.into(), offer_id: id, provider: id_of(pk), seq, issued_at: NOW });
+                    let _ = book.withdraw(&w, NOW);
+                }
+            }
+            let price = format!("{}.{:06}", threshold / 1_000_000, threshold % 1_000_000);
+            let queries = [
+                String::new(),
+                "gpu=h100".to_string(),
+                format!("price<={price}"),
+                format!("gpu in [rtx4090,l40s] price>{price}"),
+                "region=us count>=2".to_string(),
+                "latency<5 vram>=40".to_string(),
+                format!("region!=de cpu>=20 price<{price}"),
+                "gpu~a provider!=12D3KooWA".to_string(),
+            ];
+            let q = Query::parse(&queries[qi]).unwrap();
+            let now = NOW.plus_millis(at);
+            let lat = |n: &NodeId| (n.as_bytes()[0] % 3 != 0).then_some(u32::from(n.as_bytes()[1] % 10));
+            let fast: Vec<(OfferId, String)> = book
+                .search(&q, sort, 0.5, limit, now, &lat)
+                .into_iter()
+                .map(|s| (s.candidate.offer.offer_id, if sort == SortKey::Score { format!("{:.9}", s.score) } else { String::new() }))
+                .collect();
+            prop_assert_eq!(fast, naive(&book, &q, sort, limit, now, &lat));
+        }
+    }
+}

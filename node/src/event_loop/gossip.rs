@@ -5,7 +5,7 @@ use super::EventLoop;
 use crate::handle::{LookupError, Search};
 use crate::views::OfferView;
 use gpumesh_protocol::envelope::{Kind, RawEnvelope, open_raw};
-use gpumesh_protocol::rank::{Candidate, ranked};
+use gpumesh_protocol::rank::{Candidate, top};
 use gpumesh_protocol::{BookChange, Invalid, Offer, Timestamp, Verified, Withdrawal};
 use libp2p::PeerId;
 use libp2p::gossipsub::{self, MessageAcceptance};
@@ -165,12 +165,27 @@ impl EventLoop {
         self.peers.rtt(&crate::net::peer_id_of(provider)).map(|d| d.as_secs_f64() * 1000.0)
     }
 
-    /// Runs a search over the in-memory book.
+    /// Runs a search over the in-memory book's index.
     pub(super) fn search(&self, s: &Search) -> Vec<OfferView> {
         let now = crate::clock::now();
-        self.rank_offers(self.book.live(now).map(|o| o.body()), s)
+        let latency = |p: &gpumesh_protocol::NodeId| self.latency_ms(p).map(|ms| ms.round() as u32);
+        let hits = self.book.search(&s.query, s.sort, s.latency_weight, s.limit, now, &latency);
+        self.views(hits, s)
     }
 
+    fn views(&self, hits: Vec<gpumesh_protocol::rank::Scored<'_>>, s: &Search) -> Vec<OfferView> {
+        hits.into_iter()
+            .map(|r| {
+                let mut v = OfferView::new(r.candidate.offer, self.latency_ms(&r.candidate.offer.provider));
+                if s.sort == gpumesh_protocol::rank::SortKey::Score {
+                    v.score = Some(r.score);
+                }
+                v
+            })
+            .collect()
+    }
+
+    /// Ranks a few offers (a capacity answer) like a search.
     pub(super) fn rank_offers<'a>(
         &self,
         offers: impl Iterator<Item = &'a Offer>,
@@ -183,17 +198,7 @@ impl EventLoop {
             })
             .filter(|c| s.query.matches(c.offer, c.latency_ms))
             .collect();
-        ranked(&cands, s.sort, s.latency_weight)
-            .into_iter()
-            .take(s.limit)
-            .map(|r| {
-                let mut v = OfferView::new(r.candidate.offer, self.latency_ms(&r.candidate.offer.provider));
-                if s.sort == gpumesh_protocol::rank::SortKey::Score {
-                    v.score = Some(r.score);
-                }
-                v
-            })
-            .collect()
+        self.views(top(&cands, s.sort, s.latency_weight, s.limit), s)
     }
 
     /// Resolves an offer id or a unique prefix of one.

@@ -440,3 +440,64 @@ proptest! {
         prop_assert_eq!(query.matches(&o, latency), expected, "{} on {:?}", text, o);
     }
 }
+
+mod numeric {
+    use super::super::*;
+    use crate::id::{NodeId, OfferId};
+    use crate::offer::PROTOCOL_VERSION;
+    use crate::price::Price;
+    use crate::spec::{GpuSpec, HostSpec};
+    use crate::time::Timestamp;
+    use proptest::prelude::*;
+
+    fn offer(free: u32, cpu: u32, price: u64, ram: u64, disk: u64, dur: u64) -> Offer {
+        let provider = NodeId::from_bytes([1; 32]);
+        let gpu = GpuSpec {
+            vendor: "nvidia".into(),
+            model: "L40S".into(),
+            vram_mib: 46068,
+            compute_capability: None,
+            interconnect: Interconnect::Pcie,
+            cuda_version: None,
+            driver_version: None,
+        };
+        Offer {
+            v: PROTOCOL_VERSION,
+            network: "n".into(),
+            offer_id: OfferId::derive(&provider, &gpu.group_key()),
+            provider,
+            seq: 1,
+            issued_at: Timestamp(0),
+            expires_at: Timestamp(1),
+            gpu,
+            gpu_total: free.max(1),
+            gpu_free: free,
+            host: HostSpec { cpu_cores: cpu, ram_mib: ram, disk_gib: disk, region: "us".into() },
+            price: Price(price),
+            min_duration_s: 0,
+            max_duration_s: dur,
+            addrs: vec![],
+        }
+    }
+
+    proptest! {
+        /// A compiled numeric term holds exactly when the term does.
+        #[test]
+        fn compiled_terms_agree_with_terms(
+            free in 0u32..20, cpu in 0u32..200, price in 0u64..5_000_000, ram in 0u64..2_000_000,
+            disk in 0u64..10_000, dur in 0u64..1_000_000,
+            field in prop::sample::select(vec!["count", "cpu", "disk", "price", "ram", "duration"]),
+            op in prop::sample::select(vec!["=", "!=", "<", "<=", ">", ">=", " in ", " notin "]),
+            a in 0u64..3000, b in 0u64..3000, frac in 0u64..1000,
+        ) {
+            let whole = matches!(field, "count" | "cpu" | "disk");
+            let num = |x: u64| if whole { x.to_string() } else { format!("{}.{frac:03}", x / 2) };
+            let value = if op.trim().contains("in") { format!("[{},{}]", num(a), num(b)) } else { num(a) };
+            let q = Query::parse(&format!("{field}{op}{value}")).unwrap();
+            let t = &q.terms()[0];
+            let o = offer(free, cpu, price, ram, disk, dur);
+            let compiled = t.numeric().expect("offer-scope terms compile");
+            prop_assert_eq!(compiled.test(&OfferNumbers::of(&o)), t.matches(&o, None));
+        }
+    }
+}

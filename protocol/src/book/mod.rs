@@ -3,11 +3,16 @@
 //! disappear, and each provider holds at most a configured number of offers. Storage and
 //! networking live in the node; this is the decision logic and the in-memory index.
 
+mod index;
+
 use crate::envelope::Verified;
 use crate::error::Invalid;
 use crate::id::{NodeId, OfferId};
 use crate::offer::{Offer, Withdrawal};
+use crate::query::Query;
+use crate::rank::{Scored, SortKey};
 use crate::time::Timestamp;
+use index::Index;
 use std::collections::{BTreeSet, HashMap};
 
 /// Tunables of an [`OfferBook`].
@@ -50,8 +55,7 @@ struct Tombstone {
 #[derive(Debug, Default)]
 pub struct OfferBook {
     config: BookConfig,
-    offers: HashMap<OfferId, Verified<Offer>>,
-    per_provider: HashMap<NodeId, usize>,
+    index: Index,
     tombstones: HashMap<(NodeId, OfferId), Tombstone>,
     tombstones_per_provider: HashMap<NodeId, usize>,
     expiry: BTreeSet<(Timestamp, OfferId)>,
@@ -77,7 +81,7 @@ impl OfferBook {
         {
             return Err(Invalid::StaleSequence { seq: offer.seq, latest: t.seq });
         }
-        if let Some(held) = self.offers.get(&id) {
+        if let Some(held) = self.index.get(&id) {
             if held.bytes() == offer.bytes() {
                 return Err(Invalid::Duplicate);
             }
@@ -87,23 +91,21 @@ impl OfferBook {
             // Same id means same provider: the id is derived from the provider's key.
             self.expiry.remove(&(held.expires_at, id));
             self.expiry.insert((offer.expires_at, id));
-            self.offers.insert(id, offer);
+            self.index.put(offer);
             return Ok(BookChange::Replaced(id));
         }
-        let count = self.per_provider.get(&offer.provider).copied().unwrap_or(0);
-        if count >= self.config.max_offers_per_provider {
+        if self.index.count_of(&offer.provider) >= self.config.max_offers_per_provider {
             return Err(Invalid::ProviderCapReached);
         }
-        *self.per_provider.entry(offer.provider).or_default() += 1;
         self.expiry.insert((offer.expires_at, id));
-        self.offers.insert(id, offer);
+        self.index.put(offer);
         Ok(BookChange::Added(id))
     }
 
     /// Applies a withdrawal that already passed [`Withdrawal::validate`].
     pub fn withdraw(&mut self, w: &Verified<Withdrawal>, now: Timestamp) -> Result<BookChange, Invalid> {
         let id = w.offer_id;
-        if let Some(held) = self.offers.get(&id) {
+        if let Some(held) = self.index.get(&id) {
             if held.provider != w.provider {
                 return Err(Invalid::NotOwner);
             }
@@ -132,14 +134,8 @@ impl OfferBook {
     }
 
     fn remove(&mut self, id: &OfferId) -> Option<Verified<Offer>> {
-        let offer = self.offers.remove(id)?;
+        let offer = self.index.remove(id)?;
         self.expiry.remove(&(offer.expires_at, *id));
-        if let Some(c) = self.per_provider.get_mut(&offer.provider) {
-            *c -= 1;
-            if *c == 0 {
-                self.per_provider.remove(&offer.provider);
-            }
-        }
         Some(offer)
     }
 
@@ -171,31 +167,49 @@ impl OfferBook {
 
     /// The offer with this id, unless expired at `now`.
     pub fn get(&self, id: &OfferId, now: Timestamp) -> Option<&Verified<Offer>> {
-        self.offers.get(id).filter(|o| !o.is_expired(now))
+        self.index.get(id).filter(|o| !o.is_expired(now))
     }
 
     /// Every offer not expired at `now`, in no particular order.
     pub fn live(&self, now: Timestamp) -> impl Iterator<Item = &Verified<Offer>> {
-        self.offers.values().filter(move |o| !o.is_expired(now))
+        self.index.all().filter(move |o| !o.is_expired(now))
     }
 
     /// Offers of one provider, not expired at `now`.
     pub fn by_provider(&self, provider: NodeId, now: Timestamp) -> impl Iterator<Item = &Verified<Offer>> {
-        self.live(now).filter(move |o| o.provider == provider)
+        self.index.of_provider(&provider).filter(move |o| !o.is_expired(now))
+    }
+
+    /// The offers not expired at `now` that match `query`, best first by `key` (see
+    /// [`crate::rank`]), at most `limit`, with their scores (computed for
+    /// [`SortKey::Score`] only; 0 otherwise). `latency` gives the measured
+    /// round trip to a provider in ms, if any. Served from the index: spec, provider and
+    /// region terms are evaluated once per GPU group, provider and region, numeric terms on
+    /// compact rows, and only the best `limit` are sorted.
+    pub fn search(
+        &self,
+        query: &Query,
+        key: SortKey,
+        latency_weight: f64,
+        limit: usize,
+        now: Timestamp,
+        latency: &dyn Fn(&NodeId) -> Option<u32>,
+    ) -> Vec<Scored<'_>> {
+        self.index.search(query, key, latency_weight, limit, now, latency)
     }
 
     /// Number of offers held (expired ones included until the next sweep).
     pub fn len(&self) -> usize {
-        self.offers.len()
+        self.index.len()
     }
 
     /// Whether the book holds no offer.
     pub fn is_empty(&self) -> bool {
-        self.offers.is_empty()
+        self.index.len() == 0
     }
 
     /// Number of distinct providers with offers.
     pub fn providers(&self) -> usize {
-        self.per_provider.len()
+        self.index.providers()
     }
 }
