@@ -204,7 +204,7 @@ mod search {
             ];
             let q = Query::parse(&queries[qi]).unwrap();
             let now = NOW.plus_millis(at);
-            let lat = |n: &NodeId| (n.as_bytes()[0] % 3 != 0).then_some(u32::from(n.as_bytes()[1] % 10));
+            let lat = |n: &NodeId| (!n.as_bytes()[0].is_multiple_of(3)).then_some(u32::from(n.as_bytes()[1] % 10));
             let fast: Vec<(OfferId, String)> = book
                 .search(&q, sort, 0.5, limit, now, &lat)
                 .into_iter()
