@@ -53,8 +53,10 @@ pub enum Command {
         timeout: Duration,
         reply: oneshot::Sender<usize>,
     },
-    /// Publish a signed offer or withdrawal of our own (also stored in our book).
+    /// Publish a signed offer or withdrawal (also stored in our book), verified again first.
     Publish(Vec<u8>),
+    /// Publish our own offer, signed here (no need to verify it again).
+    PublishOffer(Box<gpumesh_protocol::Verified<gpumesh_protocol::Offer>>),
     /// Send a lease message to a provider; the answer goes to the lease task.
     SendLease {
         provider: NodeId,
@@ -77,14 +79,33 @@ pub enum Command {
     Shutdown(oneshot::Sender<()>),
 }
 
+/// A change of the offer book, with the moment it happened.
+#[derive(Clone, Debug)]
+pub struct BookEvent {
+    pub offer_id: gpumesh_protocol::OfferId,
+    pub provider: NodeId,
+    /// The offer's sequence (0 for a removal).
+    pub seq: u64,
+    /// `true` when the offer entered or changed, `false` when it left the book.
+    pub present: bool,
+    pub at: std::time::Instant,
+}
+
 /// A cloneable handle on a running node.
 #[derive(Clone, Debug)]
 pub struct NodeHandle {
     pub(crate) swarm: mpsc::Sender<Command>,
     pub(crate) lease: mpsc::Sender<LeaseCommand>,
+    pub(crate) book_events: tokio::sync::broadcast::Sender<BookEvent>,
 }
 
 impl NodeHandle {
+    /// Every change of the offer book from now on (a slow receiver loses the oldest events:
+    /// see `tokio::sync::broadcast`).
+    pub fn book_events(&self) -> tokio::sync::broadcast::Receiver<BookEvent> {
+        self.book_events.subscribe()
+    }
+
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, NodeStopped> {
         let (tx, rx) = oneshot::channel();
         self.swarm.send(make(tx)).await.map_err(|_| NodeStopped)?;

@@ -148,7 +148,9 @@ pub async fn start(data_dir: DataDir, config: NodeConfig) -> Result<RunningNode,
     let swarm = crate::net::build_swarm(&key, &settings)?;
     let (swarm_tx, swarm_rx) = mpsc::channel(1024);
     let (lease_tx, lease_rx) = mpsc::channel(4096);
-    let handle = NodeHandle { swarm: swarm_tx.clone(), lease: lease_tx.clone() };
+    let (book_events, _) = tokio::sync::broadcast::channel(4096);
+    let handle =
+        NodeHandle { swarm: swarm_tx.clone(), lease: lease_tx.clone(), book_events: book_events.clone() };
 
     let listener = tokio::net::TcpListener::bind(settings.api)
         .await
@@ -169,6 +171,7 @@ pub async fn start(data_dir: DataDir, config: NodeConfig) -> Result<RunningNode,
         lease_tx: lease_tx.clone(),
         api_addr: api.to_string(),
         local_gpus: gpus.iter().filter(|g| !g.mig).count(),
+        book_events,
     });
     event_loop.start()?;
     let lease_task = LeaseTask::new(LeaseTaskParts {

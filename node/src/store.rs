@@ -4,6 +4,10 @@
 //! `ProviderLease`), `gpus` (GPU uuid → lease id holding it), `leases_renter` (lease id → CBOR
 //! `RenterLease`), `meta` (`seq` → the provider's last used sequence number, big-endian u64).
 //!
+//! What is flushed before it counts: a provider lease (grant, end) and a renter lease once
+//! answered. What is not: offers, the sequence counter (kept above the wall clock instead),
+//! and a renter's unanswered request.
+//!
 //! A provider lease and its GPU reservations are written in one transaction that refuses to
 //! reserve a GPU another live lease holds, then flushed: a grant never leaves the node before
 //! that. Offers are not flushed one by one (sled flushes every 500 ms); losing the last
@@ -87,17 +91,18 @@ impl Store {
         (v, bad)
     }
 
-    /// Reserves the next provider sequence number: above every number used before, even
-    /// across crashes (the counter is flushed before it is returned). `at_least` lets the
-    /// caller keep sequences above a clock-derived floor.
-    pub async fn next_seq(&self, at_least: u64) -> Result<u64, StoreError> {
+    /// Reserves the next provider sequence number: above every number used before and at
+    /// least `at_least`. The counter is written but not flushed; callers pass the wall clock
+    /// in milliseconds as `at_least`, which keeps numbers rising across a crash that loses the
+    /// last write (as long as the clock does not go back and fewer than one offer per
+    /// millisecond was published).
+    pub fn next_seq(&self, at_least: u64) -> Result<u64, StoreError> {
         let mut next = 0;
         self.meta.fetch_and_update(b"seq", |old| {
             let last = old.and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
             next = last.saturating_add(1).max(at_least);
             Some(next.to_be_bytes().to_vec())
         })?;
-        self.db.flush_async().await?;
         Ok(next)
     }
 
@@ -149,11 +154,16 @@ impl Store {
             .collect()
     }
 
-    /// Writes a renter lease, then flushes.
+    /// Writes a renter lease; flushes unless it is only `requested`. Losing an unanswered
+    /// request in a crash loses nothing anyone was told: the user's call had not returned,
+    /// and a grant the provider made meanwhile simply expires. Every answer (grant, reject,
+    /// receipt) is durable before the call returns.
     pub async fn persist_renter_lease(&self, lease: &RenterLease) -> Result<(), StoreError> {
         let value = gpumesh_protocol::envelope::encode_body(lease);
         self.r_leases.insert(lease.lease_id.as_bytes(), value)?;
-        self.db.flush_async().await?;
+        if lease.state != gpumesh_protocol::lease::LeaseState::Requested {
+            self.db.flush_async().await?;
+        }
         Ok(())
     }
 
@@ -231,12 +241,13 @@ mod tests {
         {
             let s = Store::open(dir.path()).unwrap();
             s.persist_provider_lease(&lease(1, "GPU-a", LeaseState::Active)).await.unwrap();
-            assert_eq!(s.next_seq(0).await.unwrap(), 1);
-            assert_eq!(s.next_seq(0).await.unwrap(), 2);
-            assert_eq!(s.next_seq(100).await.unwrap(), 100);
+            assert_eq!(s.next_seq(0).unwrap(), 1);
+            assert_eq!(s.next_seq(0).unwrap(), 2);
+            assert_eq!(s.next_seq(100).unwrap(), 100);
+            s.flush().await.unwrap();
         }
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.provider_leases().0.len(), 1);
-        assert_eq!(s.next_seq(0).await.unwrap(), 101);
+        assert_eq!(s.next_seq(0).unwrap(), 101);
     }
 }

@@ -13,9 +13,10 @@
 
 use crate::error::Invalid;
 use crate::id::NodeId;
-use ed25519_dalek::{Signature, Signer, SigningKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::collections::HashMap;
 use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
@@ -150,6 +151,12 @@ impl<'a> RawEnvelope<'a> {
     /// Strict ed25519 verification of the signature over `domain_tag || body`.
     pub fn verify_signature(&self) -> Result<(), Invalid> {
         let key = self.signer.verifying_key().map_err(|_| Invalid::BadSignerKey)?;
+        self.verify_with(&key)
+    }
+
+    /// Like [`RawEnvelope::verify_signature`], with the signer's key already decompressed
+    /// (from a [`KeyCache`]).
+    pub fn verify_with(&self, key: &VerifyingKey) -> Result<(), Invalid> {
         let sig = Signature::from_bytes(&self.signature);
         key.verify_strict(&self.signed_bytes(), &sig).map_err(|_| Invalid::BadSignature)
     }
@@ -287,6 +294,26 @@ pub fn open_raw<T: Body>(bytes: &[u8], raw: RawEnvelope<'_>) -> Result<Verified<
         return Err(Invalid::WrongKind { expected: T::KIND, got: raw.kind });
     }
     raw.verify_signature()?;
+    finish_open(bytes, raw)
+}
+
+/// Like [`open_raw`], taking the signer's decompressed key from `keys` (and adding it).
+/// Providers sign many offers; decompressing each one's key once saves a field inversion
+/// per message. Verification is the same strict verification.
+pub fn open_cached<T: Body>(
+    bytes: &[u8],
+    raw: RawEnvelope<'_>,
+    keys: &mut KeyCache,
+) -> Result<Verified<T>, Invalid> {
+    if raw.kind != T::KIND {
+        return Err(Invalid::WrongKind { expected: T::KIND, got: raw.kind });
+    }
+    let key = keys.get(&raw.signer)?;
+    raw.verify_with(&key)?;
+    finish_open(bytes, raw)
+}
+
+fn finish_open<T: Body>(bytes: &[u8], raw: RawEnvelope<'_>) -> Result<Verified<T>, Invalid> {
     let body: T = decode_body(raw.body)?;
     if body.claimed_signer() != &raw.signer {
         return Err(Invalid::SignerMismatch);
@@ -351,4 +378,32 @@ impl<T: fmt::Debug> fmt::Debug for Verified<T> {
 /// Reads only the kind of an envelope (for dispatch), after the size check.
 pub fn peek_kind(bytes: &[u8]) -> Result<Kind, Invalid> {
     RawEnvelope::parse(bytes).map(|r| r.kind)
+}
+
+/// Decompressed signer keys, bounded: when full it starts over (a flood of new keys cannot
+/// grow it, and honest providers are decompressed again at most once per refill).
+#[derive(Debug)]
+pub struct KeyCache {
+    keys: HashMap<NodeId, VerifyingKey>,
+    capacity: usize,
+}
+
+impl KeyCache {
+    /// A cache of at most `capacity` keys.
+    pub fn new(capacity: usize) -> KeyCache {
+        KeyCache { keys: HashMap::new(), capacity: capacity.max(1) }
+    }
+
+    /// The decompressed key of `id`, or [`Invalid::BadSignerKey`] if it is not a curve point.
+    pub fn get(&mut self, id: &NodeId) -> Result<VerifyingKey, Invalid> {
+        if let Some(k) = self.keys.get(id) {
+            return Ok(*k);
+        }
+        let k = id.verifying_key().map_err(|_| Invalid::BadSignerKey)?;
+        if self.keys.len() >= self.capacity {
+            self.keys.clear();
+        }
+        self.keys.insert(*id, k);
+        Ok(k)
+    }
 }

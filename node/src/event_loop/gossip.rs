@@ -4,7 +4,7 @@
 use super::EventLoop;
 use crate::handle::{LookupError, Search};
 use crate::views::OfferView;
-use gpumesh_protocol::envelope::{Kind, RawEnvelope, open_raw};
+use gpumesh_protocol::envelope::{Kind, RawEnvelope, open_cached};
 use gpumesh_protocol::rank::{Candidate, top};
 use gpumesh_protocol::{BookChange, Invalid, Offer, Timestamp, Verified, Withdrawal};
 use libp2p::PeerId;
@@ -61,13 +61,16 @@ impl EventLoop {
         let raw = RawEnvelope::parse(bytes)?;
         match raw.kind {
             Kind::Offer => {
-                let offer: Verified<Offer> = open_raw(bytes, raw)?;
+                let offer: Verified<Offer> = open_cached(bytes, raw, &mut self.keys)?;
                 self.admit_offer(offer, now)
             }
             Kind::Withdrawal => {
-                let w: Verified<Withdrawal> = open_raw(bytes, raw)?;
+                let w: Verified<Withdrawal> = open_cached(bytes, raw, &mut self.keys)?;
                 w.validate(&self.ctx(now))?;
                 let change = self.book.withdraw(&w, now)?;
+                if let BookChange::Removed(id) = &change {
+                    self.book_event(*id, Some(w.provider), w.seq, false);
+                }
                 if let BookChange::Removed(id) = &change
                     && let Err(e) = self.store.remove_offer(id)
                 {
@@ -86,9 +89,10 @@ impl EventLoop {
         now: Timestamp,
     ) -> Result<BookChange, Invalid> {
         offer.validate(&self.ctx(now))?;
-        let id = offer.offer_id;
+        let (id, provider, seq) = (offer.offer_id, offer.provider, offer.seq);
         let bytes = offer.shared_bytes();
         let change = self.book.insert(offer, now)?;
+        self.book_event(id, Some(provider), seq, true);
         if let Err(e) = self.store.put_offer(&id, &bytes) {
             tracing::warn!(error = %e, offer = %id, "storing an offer failed");
         }
@@ -115,6 +119,17 @@ impl EventLoop {
                 tracing::error!(error = %e, "our own offer failed validation; not publishing it");
                 return;
             }
+        }
+        self.publish_or_keep(bytes);
+    }
+
+    /// Publishes an offer we signed ourselves: validated and stored like any offer, but not
+    /// verified again.
+    pub(super) fn publish_own_offer(&mut self, offer: Verified<Offer>) {
+        let bytes = offer.bytes().to_vec();
+        if let Err(e) = self.admit_offer(offer, crate::clock::now()) {
+            tracing::error!(error = %e, "our own offer failed validation; not publishing it");
+            return;
         }
         self.publish_or_keep(bytes);
     }
@@ -148,7 +163,7 @@ impl EventLoop {
         let mut dropped = unreadable;
         for bytes in stored {
             let ok = RawEnvelope::parse(&bytes)
-                .and_then(|raw| open_raw::<Offer>(&bytes, raw))
+                .and_then(|raw| open_cached::<Offer>(&bytes, raw, &mut self.keys))
                 .and_then(|offer| self.admit_offer(offer, now));
             match ok {
                 Ok(_) => loaded += 1,

@@ -61,6 +61,9 @@ pub(crate) struct EventLoop {
     syncs_in_flight: HashMap<libp2p::request_response::OutboundRequestId, PeerId>,
     /// Our own offers and withdrawals that found no topic peer yet.
     unsent: Vec<Vec<u8>>,
+    book_events: tokio::sync::broadcast::Sender<crate::handle::BookEvent>,
+    /// Decompressed keys of the signers we hear from.
+    keys: gpumesh_protocol::envelope::KeyCache,
 }
 
 /// What the event loop needs to start.
@@ -74,6 +77,7 @@ pub(crate) struct EventLoopParts {
     pub lease_tx: mpsc::Sender<LeaseCommand>,
     pub api_addr: String,
     pub local_gpus: usize,
+    pub book_events: tokio::sync::broadcast::Sender<crate::handle::BookEvent>,
 }
 
 impl EventLoop {
@@ -109,6 +113,8 @@ impl EventLoop {
             next_fanout: 0,
             syncs_in_flight: HashMap::new(),
             unsent: Vec::new(),
+            book_events: p.book_events,
+            keys: gpumesh_protocol::envelope::KeyCache::new(8192),
             settings: p.settings,
         }
     }
@@ -232,6 +238,7 @@ impl EventLoop {
             Command::Capacity { search, timeout, reply } => self.start_fanout(search, timeout, reply),
             Command::Probe { providers, timeout, reply } => self.start_probe(providers, timeout, reply),
             Command::Publish(bytes) => self.publish_own(bytes),
+            Command::PublishOffer(offer) => self.publish_own_offer(*offer),
             Command::SendLease { provider, lease_id, bytes } => self.send_lease(provider, lease_id, bytes),
             Command::RespondLease { token, bytes } => {
                 if let Some(ch) = self.inbound_lease.remove(&token)
@@ -273,6 +280,7 @@ impl EventLoop {
         let now = crate::clock::now();
         for id in self.book.sweep(now) {
             tracing::debug!(offer = %id, "offer expired");
+            self.book_event(id, None, 0, false);
             if let Err(e) = self.store.remove_offer(&id) {
                 tracing::warn!(error = %e, "removing an expired offer from the store failed");
             }
@@ -281,6 +289,21 @@ impl EventLoop {
         self.metrics.peers.set(self.swarm.connected_peers().count() as i64);
         self.peers.expire_bans(&mut self.swarm);
         self.dial_bootstrap();
+    }
+
+    /// Tells subscribers about a book change (cheap when nobody listens).
+    pub(super) fn book_event(
+        &self,
+        offer_id: gpumesh_protocol::OfferId,
+        provider: Option<NodeId>,
+        seq: u64,
+        present: bool,
+    ) {
+        if self.book_events.receiver_count() > 0 {
+            let provider = provider.unwrap_or(NodeId::from_bytes([0; 32]));
+            let at = Instant::now();
+            let _ = self.book_events.send(crate::handle::BookEvent { offer_id, provider, seq, present, at });
+        }
     }
 
     fn housekeeping(&mut self) {

@@ -5,7 +5,7 @@ use super::EventLoop;
 use crate::handle::Search;
 use crate::lease_task::LeaseCommand;
 use crate::views::{CapacityAnswerView, CapacityReport, UnreachableView};
-use gpumesh_protocol::envelope::{RawEnvelope, open_raw};
+use gpumesh_protocol::envelope::{RawEnvelope, open_cached};
 use gpumesh_protocol::query::Query;
 use gpumesh_protocol::wire::{self, CapacityAnswer, CapacityQuery, SyncAnswer, SyncRequest};
 use gpumesh_protocol::{Bytes, Invalid, LeaseId, NodeId, Offer, OfferId, PROTOCOL_VERSION, Verified};
@@ -181,7 +181,8 @@ impl EventLoop {
         match wire::decode::<CapacityAnswer>(response, wire::MAX_CAPACITY_ANSWER) {
             Ok(a) => {
                 for b in a.offers.into_iter().take(wire::MAX_CAPACITY_OFFERS) {
-                    let opened = RawEnvelope::parse(&b.0).and_then(|raw| open_raw::<Offer>(&b.0, raw));
+                    let opened = RawEnvelope::parse(&b.0)
+                        .and_then(|raw| open_cached::<Offer>(&b.0, raw, &mut self.keys));
                     match opened {
                         // A provider answers for itself only.
                         Ok(o) if Some(o.provider) == provider => offers.push(o),
@@ -344,11 +345,16 @@ impl EventLoop {
     }
 
     fn forward_to_lease_task(&mut self, lease_id: LeaseId, result: Result<Vec<u8>, String>) {
-        let tx = self.lease_tx.clone();
-        // Replies to our own requests are few; wait for room rather than lose one.
-        tokio::spawn(async move {
-            let _ = tx.send(LeaseCommand::Reply { lease_id, result }).await;
-        });
+        match self.lease_tx.try_send(LeaseCommand::Reply { lease_id, result }) {
+            Ok(()) | Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {}
+            Err(tokio::sync::mpsc::error::TrySendError::Full(cmd)) => {
+                // Replies to our own requests are few; wait for room rather than lose one.
+                let tx = self.lease_tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(cmd).await;
+                });
+            }
+        }
     }
 
     pub(super) fn send_lease(&mut self, provider: NodeId, lease_id: LeaseId, bytes: Vec<u8>) {
@@ -416,7 +422,7 @@ impl EventLoop {
         };
         let (mut added, mut faulty) = (0usize, false);
         for b in answer.offers.iter().take(wire::MAX_SYNC_OFFERS) {
-            match RawEnvelope::parse(&b.0).and_then(|raw| open_raw::<Offer>(&b.0, raw)) {
+            match RawEnvelope::parse(&b.0).and_then(|raw| open_cached::<Offer>(&b.0, raw, &mut self.keys)) {
                 Ok(o) => match self.admit_offer(o, now) {
                     Ok(_) => added += 1,
                     Err(e) => faulty |= e.is_peer_fault(),

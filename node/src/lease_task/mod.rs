@@ -88,7 +88,12 @@ enum Timer {
     ProviderEnd(LeaseId),
     RenterCheck(LeaseId),
     Refresh,
+    Publish,
 }
+
+/// How long a changed offer waits before it is re-advertised, ms (changes in between are
+/// coalesced into one new offer).
+const REPUBLISH_DELAY_MS: u64 = 50;
 
 /// Internal events from spawned work (hooks).
 #[derive(Debug)]
@@ -113,6 +118,7 @@ pub(crate) struct LeaseTask {
     timers: BinaryHeap<Reverse<(Timestamp, Timer)>>,
     lease_waiters: HashMap<LeaseId, oneshot::Sender<Result<LeaseView, LeaseError>>>,
     release_waiters: HashMap<LeaseId, oneshot::Sender<Result<LeaseView, LeaseError>>>,
+    publish_scheduled: bool,
 }
 
 /// What the lease task needs to start.
@@ -168,6 +174,7 @@ impl LeaseTask {
             timers: BinaryHeap::new(),
             lease_waiters: HashMap::new(),
             release_waiters: HashMap::new(),
+            publish_scheduled: false,
         }
     }
 
@@ -224,7 +231,12 @@ impl LeaseTask {
                 },
                 _ = sleep => self.fire_timers().await,
             }
-            self.publish_dirty().await;
+            // Coalesce re-advertisements: a burst of grants and releases becomes one new
+            // offer per group, published a moment later and off the lease's own path.
+            if !self.advertiser.dirty.is_empty() && !self.publish_scheduled {
+                self.publish_scheduled = true;
+                self.schedule(crate::clock::now().plus_millis(REPUBLISH_DELAY_MS), Timer::Publish);
+            }
         }
     }
 
@@ -243,6 +255,10 @@ impl LeaseTask {
                 Timer::Refresh => {
                     self.advertiser.mark_all_dirty();
                     self.schedule(self.advertiser.next_refresh(), Timer::Refresh);
+                }
+                Timer::Publish => {
+                    self.publish_scheduled = false;
+                    self.publish_dirty().await;
                 }
             }
         }

@@ -276,8 +276,8 @@ impl Advertiser {
         tracing::warn!("no listen address bound yet; offers will carry no addresses");
     }
 
-    async fn next_seq(&self, store: &crate::store::Store) -> Option<u64> {
-        match store.next_seq(crate::clock::now().0).await {
+    fn next_seq(&self, store: &crate::store::Store) -> Option<u64> {
+        match store.next_seq(crate::clock::now().0) {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::error!(error = %e, "cannot reserve an offer sequence number; not publishing");
@@ -295,7 +295,7 @@ impl Advertiser {
         swarm: &mpsc::Sender<Command>,
     ) {
         let Some((_, g)) = self.groups.iter().find(|(gid, _)| *gid == id) else { return };
-        let Some(seq) = self.next_seq(store).await else { return };
+        let Some(seq) = self.next_seq(store) else { return };
         let now = crate::clock::now();
         let offer = Offer {
             v: PROTOCOL_VERSION,
@@ -320,7 +320,7 @@ impl Advertiser {
         }
         tracing::debug!(offer = %id, seq, free, "publishing offer");
         let env = Verified::seal(&self.key, offer);
-        if swarm.send(Command::Publish(env.bytes().to_vec())).await.is_ok() {
+        if swarm.send(Command::PublishOffer(Box::new(env))).await.is_ok() {
             self.published.insert(id);
         }
     }
@@ -328,7 +328,7 @@ impl Advertiser {
     /// Signs and publishes a withdrawal of every offer we published.
     pub(crate) async fn withdraw_all(&mut self, store: &crate::store::Store, swarm: &mpsc::Sender<Command>) {
         for id in std::mem::take(&mut self.published) {
-            let Some(seq) = self.next_seq(store).await else { return };
+            let Some(seq) = self.next_seq(store) else { return };
             let w = Withdrawal {
                 v: PROTOCOL_VERSION,
                 network: self.network.clone(),

@@ -7,7 +7,7 @@
 use super::messages::*;
 use super::{GpuUnit, LeaseState, ProviderLease};
 use crate::bytes::{Bytes, Digest32};
-use crate::envelope::{RawEnvelope, Verified, decode_body, open};
+use crate::envelope::{KeyCache, RawEnvelope, Verified, decode_body, open_cached};
 use crate::error::Invalid;
 use crate::id::{LeaseId, NodeId, OfferId};
 use crate::offer::PROTOCOL_VERSION;
@@ -143,6 +143,8 @@ pub struct ProviderEngine {
     seen: HashMap<(NodeId, [u8; 16]), Timestamp>,
     /// Reply tokens of requests waiting on a start hook.
     waiting: HashMap<LeaseId, ReplyToken>,
+    /// Decompressed keys of renters.
+    keys: KeyCache,
 }
 
 impl ProviderEngine {
@@ -158,6 +160,7 @@ impl ProviderEngine {
             allocated: HashMap::new(),
             seen: HashMap::new(),
             waiting: HashMap::new(),
+            keys: KeyCache::new(4096),
         }
     }
 
@@ -358,7 +361,9 @@ impl ProviderEngine {
 
     fn on_request(&mut self, token: ReplyToken, bytes: &[u8], now: Timestamp, out: &mut Vec<ProviderOutput>) {
         let digest = Digest32::of(bytes);
-        let req = match open::<LeaseRequest>(bytes) {
+        let req = match RawEnvelope::parse(bytes)
+            .and_then(|raw| open_cached::<LeaseRequest>(bytes, raw, &mut self.keys))
+        {
             Ok(r) => r,
             Err(e) => {
                 // Name the renter if the (unverified) envelope can be read at all.
@@ -572,7 +577,9 @@ impl ProviderEngine {
         out: &mut Vec<ProviderOutput>,
     ) {
         let digest = Digest32::of(bytes);
-        let rel = match open::<LeaseRelease>(bytes) {
+        let rel = match RawEnvelope::parse(bytes)
+            .and_then(|raw| open_cached::<LeaseRelease>(bytes, raw, &mut self.keys))
+        {
             Ok(r) => r,
             Err(e) => {
                 let renter = RawEnvelope::parse(bytes).ok().map(|r| r.signer);

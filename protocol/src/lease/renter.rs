@@ -2,12 +2,14 @@
 //!
 //! It signs requests and releases, checks every reply against what it asked (signer, request
 //! digest, lease id, GPU count, price, duration), and asks the provider for a receipt when a
-//! lease's time is up. Outputs are carried out in order; `Persist` before the next `Send`.
+//! lease's time is up. Outputs are carried out in order. A `Persist` of an answered lease
+//! must be durable before the outcome is reported; the node may write the `Requested` record
+//! without waiting for the disk (see the node's store for why).
 
 use super::messages::*;
 use super::{LeaseState, RenterLease};
 use crate::bytes::{Bytes, Digest32, Nonce};
-use crate::envelope::{Body, Verified, open};
+use crate::envelope::{Body, KeyCache, RawEnvelope, Verified, open_cached};
 use crate::error::Invalid;
 use crate::id::{LeaseId, NodeId, OfferId};
 use crate::offer::PROTOCOL_VERSION;
@@ -15,6 +17,7 @@ use crate::price::Price;
 use crate::time::Timestamp;
 use crate::wire::{LeaseRpc, LeaseRpcReply};
 use ed25519_dalek::SigningKey;
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 
 /// Settings of a [`RenterEngine`].
@@ -122,13 +125,22 @@ pub struct RenterEngine {
     leases: HashMap<LeaseId, RenterLease>,
     /// Requested leases whose request went unanswered and that were asked about once.
     status_asked: HashSet<LeaseId>,
+    /// Decompressed keys of providers (a cache, hence shared mutability behind `&self`).
+    keys: RefCell<KeyCache>,
 }
 
 impl RenterEngine {
     /// A new engine that signs with `key`.
     pub fn new(key: SigningKey, config: RenterConfig) -> RenterEngine {
         let me = NodeId::from_bytes(key.verifying_key().to_bytes());
-        RenterEngine { key, me, config, leases: HashMap::new(), status_asked: HashSet::new() }
+        RenterEngine {
+            key,
+            me,
+            config,
+            leases: HashMap::new(),
+            status_asked: HashSet::new(),
+            keys: RefCell::new(KeyCache::new(4096)),
+        }
     }
 
     /// One lease.
@@ -247,8 +259,11 @@ impl RenterEngine {
     }
 
     /// Opens a reply envelope and checks it is the provider's.
-    fn open_from<T: Body>(provider: &NodeId, bytes: &[u8]) -> Result<Verified<T>, String> {
-        let v = open::<T>(bytes).map_err(|e: Invalid| e.to_string())?;
+    fn open_from<T: Body>(&self, provider: &NodeId, bytes: &[u8]) -> Result<Verified<T>, String> {
+        let mut keys = self.keys.borrow_mut();
+        let v = RawEnvelope::parse(bytes)
+            .and_then(|raw| open_cached::<T>(bytes, raw, &mut keys))
+            .map_err(|e: Invalid| e.to_string())?;
         if v.signer() != provider {
             return Err("signed by someone other than the provider".into());
         }
@@ -256,7 +271,7 @@ impl RenterEngine {
     }
 
     fn check_grant(&self, l: &RenterLease, bytes: &[u8]) -> Result<Verified<LeaseGrant>, String> {
-        let g = Self::open_from::<LeaseGrant>(&l.provider, bytes)?;
+        let g = self.open_from::<LeaseGrant>(&l.provider, bytes)?;
         let ok = g.request == Digest32::of(&l.request.0)
             && g.lease_id == l.lease_id
             && g.renter == self.me
@@ -270,7 +285,7 @@ impl RenterEngine {
     }
 
     fn check_receipt(&self, l: &RenterLease, bytes: &[u8]) -> Result<Verified<UsageReceipt>, String> {
-        let r = Self::open_from::<UsageReceipt>(&l.provider, bytes)?;
+        let r = self.open_from::<UsageReceipt>(&l.provider, bytes)?;
         let ok = r.lease_id == l.lease_id
             && r.renter == self.me
             && r.network == self.config.network
@@ -295,7 +310,7 @@ impl RenterEngine {
                 }
             }
             (LeaseState::Requested, LeaseRpcReply::Reject(b)) => {
-                match Self::open_from::<LeaseReject>(&l.provider, &b.0) {
+                match self.open_from::<LeaseReject>(&l.provider, &b.0) {
                     Ok(r) if r.request == Digest32::of(&l.request.0) => {
                         let l = self.leases.get_mut(&lease_id).expect("lease looked up above");
                         l.state = LeaseState::Rejected;
@@ -346,7 +361,7 @@ impl RenterEngine {
                 out.push(RenterOutput::ScheduleTimer { lease_id, at });
             }
             (LeaseState::Active, LeaseRpcReply::Reject(b)) => {
-                match Self::open_from::<LeaseReject>(&l.provider, &b.0) {
+                match self.open_from::<LeaseReject>(&l.provider, &b.0) {
                     Ok(r) => out.push(RenterOutput::Event(RenterEvent::ReleaseRefused {
                         lease_id,
                         reason: r.reason,

@@ -1,0 +1,306 @@
+//! In-process gpumesh nodes for the benchmarks, and raw libp2p swarms (the baselines): plain
+//! gossipsub, and plain request-response with the same codec.
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use gpumesh_node::config::NodeConfig;
+use gpumesh_node::net::codec::BytesCodec;
+use gpumesh_node::net::message_id;
+use gpumesh_node::{DataDir, RunningNode};
+use gpumesh_protocol::SigningKey;
+use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, ValidationMode};
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identity, noise, tcp, yamux};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// The gossip heartbeat both sides of every comparison use.
+pub const HEARTBEAT: Duration = Duration::from_millis(200);
+
+/// A node config for benchmarks: loopback TCP on port 0, no mDNS, heartbeat 200 ms.
+pub fn node_config(network: &str, gpus: Option<&str>, bootstrap: Vec<String>) -> NodeConfig {
+    let mut c = NodeConfig {
+        network: network.into(),
+        listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+        bootstrap,
+        api: "127.0.0.1:0".into(),
+        mdns: false,
+        simulate_gpus: gpus.map(str::to_string),
+        offer_ttl: "30m".into(),
+        min_lease: "1s".into(),
+        max_offers_per_provider: 100_000,
+        ..NodeConfig::default()
+    };
+    c.tuning.gossip_heartbeat = "200ms".into();
+    c.tuning.sweep_interval = "1s".into();
+    c.tuning.ping_interval = "30s".into();
+    c.tuning.bootstrap_retry_max = "1s".into();
+    c.tuning.request_timeout = "10s".into();
+    c
+}
+
+/// An in-process node with its key, in a temporary data dir.
+pub struct BenchNode {
+    pub node: RunningNode,
+    pub key: SigningKey,
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl BenchNode {
+    pub async fn start(config: NodeConfig) -> Result<BenchNode> {
+        let dir = tempfile::tempdir()?;
+        let dd = DataDir::new(dir.path().join("n"));
+        let node = gpumesh_node::start(dd.clone(), config).await?;
+        let key = dd.load_key()?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let addr = loop {
+            let s = node.handle.status().await?;
+            if let Some(a) = s.listen_addrs.first() {
+                break a.clone();
+            }
+            if Instant::now() > deadline {
+                bail!("node never bound an address");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        Ok(BenchNode { node, key, addr, _dir: dir })
+    }
+}
+
+/// Polls `check` every 20 ms until true or the deadline.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+fn keypair(i: u64) -> Result<identity::Keypair> {
+    let mut seed = [7u8; 32];
+    seed[..8].copy_from_slice(&i.to_le_bytes());
+    Ok(identity::Keypair::ed25519_from_bytes(seed)?)
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw gossipsub.
+
+enum GossipCmd {
+    Dial(Multiaddr),
+    Publish(Vec<u8>, oneshot::Sender<bool>),
+    Peers(oneshot::Sender<usize>),
+}
+
+/// A raw gossipsub swarm running in its own task.
+pub struct RawGossip {
+    pub addr: Multiaddr,
+    cmd: mpsc::UnboundedSender<GossipCmd>,
+}
+
+/// A message arrival at raw swarm `node`.
+pub struct Arrival {
+    pub node: usize,
+    pub id: Vec<u8>,
+    pub at: Instant,
+}
+
+impl RawGossip {
+    /// Starts swarm number `ix` subscribed to `topic`; arrivals go to `arrivals`.
+    pub async fn start(
+        ix: usize,
+        topic: &str,
+        arrivals: mpsc::UnboundedSender<Arrival>,
+    ) -> Result<RawGossip> {
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair(1_000_000 + ix as u64)?)
+            .with_tokio()
+            .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
+            .with_behaviour(|_| {
+                let cfg = gossipsub::ConfigBuilder::default()
+                    .heartbeat_interval(HEARTBEAT)
+                    .validation_mode(ValidationMode::Anonymous)
+                    .message_id_fn(|m| message_id(&m.data))
+                    .max_transmit_size(gpumesh_protocol::envelope::MAX_GOSSIP_ENVELOPE + 512)
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                let b: gossipsub::Behaviour = gossipsub::Behaviour::new(MessageAuthenticity::Anonymous, cfg)?;
+                Ok(b)
+            })?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+            .build();
+        let topic = IdentTopic::new(topic);
+        swarm.behaviour_mut().subscribe(&topic)?;
+        swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+        let addr = loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+                break address;
+            }
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel::<GossipCmd>();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    ev = swarm.select_next_some() => {
+                        if let SwarmEvent::Behaviour(gossipsub::Event::Message { message_id, .. }) = ev {
+                            let _ = arrivals.send(Arrival { node: ix, id: message_id.0, at: Instant::now() });
+                        }
+                    }
+                    cmd = rx.recv() => match cmd {
+                        Some(GossipCmd::Dial(a)) => { let _ = swarm.dial(a); }
+                        Some(GossipCmd::Publish(data, done)) => {
+                            let ok = swarm.behaviour_mut().publish(topic.clone(), data).is_ok();
+                            let _ = done.send(ok);
+                        }
+                        Some(GossipCmd::Peers(reply)) => {
+                            let _ = reply.send(swarm.behaviour().all_peers().filter(|(_, t)| !t.is_empty()).count());
+                        }
+                        None => return,
+                    },
+                }
+            }
+        });
+        Ok(RawGossip { addr, cmd: tx })
+    }
+
+    pub fn dial(&self, addr: &Multiaddr) {
+        let _ = self.cmd.send(GossipCmd::Dial(addr.clone()));
+    }
+
+    pub async fn publish(&self, data: Vec<u8>) -> bool {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.cmd.send(GossipCmd::Publish(data, tx));
+        rx.await.unwrap_or(false)
+    }
+
+    pub async fn topic_peers(&self) -> usize {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.cmd.send(GossipCmd::Peers(tx));
+        rx.await.unwrap_or(0)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw request-response.
+
+/// What a raw responder does before answering.
+#[derive(Clone)]
+pub enum Responder {
+    /// Answer `size` bytes at once.
+    Echo { size: usize },
+    /// Write the request to sled and flush, then answer `size` bytes.
+    FlushThenEcho { size: usize, db: sled::Db },
+}
+
+/// Starts a raw request-response server on `protocol`; returns its peer id and address.
+pub async fn rr_server(ix: u64, protocol: &'static str, responder: Responder) -> Result<(PeerId, Multiaddr)> {
+    let mut swarm = rr_swarm(ix, protocol)?;
+    swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+    let addr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+            break address;
+        }
+    };
+    let peer = *swarm.local_peer_id();
+    tokio::spawn(async move {
+        let mut n: u64 = 0;
+        while let Some(ev) = swarm.next().await {
+            if let SwarmEvent::Behaviour(request_response::Event::Message {
+                message: request_response::Message::Request { request, channel, .. },
+                ..
+            }) = ev
+            {
+                let size = match &responder {
+                    Responder::Echo { size } => *size,
+                    Responder::FlushThenEcho { size, db } => {
+                        n += 1;
+                        let _ = db.insert(n.to_be_bytes(), request);
+                        let _ = db.flush_async().await;
+                        *size
+                    }
+                };
+                let _ = swarm.behaviour_mut().send_response(channel, vec![0x5a; size]);
+            }
+        }
+    });
+    Ok((peer, addr))
+}
+
+/// A raw request-response client driven by commands.
+pub struct RrClient {
+    cmd: mpsc::UnboundedSender<(PeerId, Multiaddr, Vec<u8>, oneshot::Sender<Result<Duration, String>>)>,
+}
+
+impl RrClient {
+    pub fn start(ix: u64, protocol: &'static str) -> Result<RrClient> {
+        let mut swarm = rr_swarm(ix, protocol)?;
+        let (tx, mut rx) = mpsc::unbounded_channel::<(
+            PeerId,
+            Multiaddr,
+            Vec<u8>,
+            oneshot::Sender<Result<Duration, String>>,
+        )>();
+        tokio::spawn(async move {
+            let mut pending: std::collections::HashMap<
+                request_response::OutboundRequestId,
+                (Instant, oneshot::Sender<Result<Duration, String>>),
+            > = Default::default();
+            loop {
+                tokio::select! {
+                    ev = swarm.select_next_some() => match ev {
+                        SwarmEvent::Behaviour(request_response::Event::Message {
+                            message: request_response::Message::Response { request_id, .. }, ..
+                        }) => {
+                            if let Some((t, reply)) = pending.remove(&request_id) {
+                                let _ = reply.send(Ok(t.elapsed()));
+                            }
+                        }
+                        SwarmEvent::Behaviour(request_response::Event::OutboundFailure { request_id, error, .. }) => {
+                            if let Some((_, reply)) = pending.remove(&request_id) {
+                                let _ = reply.send(Err(error.to_string()));
+                            }
+                        }
+                        _ => {}
+                    },
+                    cmd = rx.recv() => match cmd {
+                        Some((peer, addr, data, reply)) => {
+                            let id = swarm.behaviour_mut().send_request_with_addresses(&peer, data, vec![addr]);
+                            pending.insert(id, (Instant::now(), reply));
+                        }
+                        None => return,
+                    },
+                }
+            }
+        });
+        Ok(RrClient { cmd: tx })
+    }
+
+    /// Sends one request; the round trip.
+    pub async fn request(&self, peer: PeerId, addr: &Multiaddr, data: Vec<u8>) -> Result<Duration> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd.send((peer, addr.clone(), data, tx)).ok().context("client gone")?;
+        rx.await.context("client gone")?.map_err(|e| anyhow::anyhow!(e))
+    }
+}
+
+fn rr_swarm(ix: u64, protocol: &'static str) -> Result<Swarm<request_response::Behaviour<BytesCodec>>> {
+    Ok(libp2p::SwarmBuilder::with_existing_identity(keypair(2_000_000 + ix)?)
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
+        .with_behaviour(|_| {
+            request_response::Behaviour::with_codec(
+                BytesCodec { max_request: 1 << 20, max_response: 1 << 20 },
+                [(StreamProtocol::new(protocol), ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+            )
+        })?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build())
+}

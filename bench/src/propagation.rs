@@ -1,0 +1,189 @@
+//! Propagation: time from publishing an offer until it is in the offer book of every node
+//! (after verification, validation and storage), against raw gossipsub carrying payloads of
+//! the same size over the same topology with the same gossip config.
+
+use crate::net::{Arrival, BenchNode, RawGossip, node_config, wait_until};
+use crate::offers;
+use crate::stats::Summary;
+use crate::{Args, SuiteResult};
+use anyhow::{Context, Result};
+use gpumesh_node::net::message_id;
+use gpumesh_protocol::{Timestamp, envelope};
+use serde_json::json;
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+const NET: &str = "bench-propagation";
+
+/// A tiny deterministic generator for picking nodes and peers.
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n.max(1) as u64) as usize
+    }
+}
+
+pub async fn run(args: &Args) -> Result<SuiteResult> {
+    let n = args.pick(args.nodes, 50, 20).max(2);
+    let count = args.pick(args.offers, 200, 60);
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+
+    // --- ours: N nodes, each dialing up to 4 earlier ones.
+    let mut nodes: Vec<BenchNode> = Vec::new();
+    for i in 0..n {
+        let mut boot = BTreeSet::new();
+        for _ in 0..4.min(i) {
+            boot.insert(rng.below(i));
+        }
+        let addrs = boot.iter().map(|&j| nodes[j].addr.clone()).collect();
+        nodes.push(BenchNode::start(node_config(NET, None, addrs)).await?);
+    }
+    let index: HashMap<String, usize> =
+        nodes.iter().enumerate().map(|(i, n)| (n.node.peer_id.clone(), i)).collect();
+    // Wait for the mesh: a warm-up offer reaches everyone.
+    let mut receivers: Vec<_> = nodes.iter().map(|n| n.node.handle.book_events()).collect();
+    let mut seq = gpumesh_node::clock::now().0;
+    let warm = measure_one(&nodes, &mut receivers, 0, &mut seq, 99, Duration::from_secs(30)).await?;
+    if warm.1 < n {
+        anyhow::bail!("warm-up offer reached {}/{} nodes; the network did not form", warm.1, n);
+    }
+    let mut ours = Vec::new();
+    let mut delivered = 0usize;
+    for k in 0..count {
+        let from = rng.below(n);
+        let (t, got) =
+            measure_one(&nodes, &mut receivers, from, &mut seq, k as u64, Duration::from_secs(5)).await?;
+        delivered += got;
+        if got == n {
+            ours.push(t);
+        }
+    }
+    // The topology our nodes settled on, for the baseline to copy.
+    let mut edges = BTreeSet::new();
+    for (i, node) in nodes.iter().enumerate() {
+        for p in node.node.handle.peers().await? {
+            if let Some(&j) = index.get(&p.peer_id) {
+                edges.insert((i.min(j), i.max(j)));
+            }
+        }
+    }
+    let size = {
+        let k = &nodes[0].key;
+        envelope::seal(k, &offers::offer(k, NET, 0, 1, 1, gpumesh_node::clock::now())).len()
+    };
+    for node in nodes {
+        node.node.stop().await;
+    }
+
+    // --- baseline: raw gossipsub swarms over the same edges.
+    let (tx, mut arrivals) = mpsc::unbounded_channel::<Arrival>();
+    let mut raw = Vec::new();
+    for i in 0..n {
+        raw.push(RawGossip::start(i, &gpumesh_protocol::wire::offers_topic(NET), tx.clone()).await?);
+    }
+    for &(i, j) in &edges {
+        raw[i].dial(&raw[j].addr);
+    }
+    let raw_ref = &raw;
+    wait_until("the raw mesh", Duration::from_secs(30), || async move {
+        for r in raw_ref {
+            if r.topic_peers().await == 0 {
+                return false;
+            }
+        }
+        true
+    })
+    .await?;
+    // Let the mesh settle as ours did during its warm-up (same number of heartbeats).
+    let mut baseline = Vec::new();
+    let mut base_delivered = 0usize;
+    for k in 0..=count {
+        let from = rng.below(n);
+        let mut payload = vec![0u8; size];
+        payload[..8].copy_from_slice(&(k as u64).to_le_bytes());
+        payload[8..16].copy_from_slice(&(0xfeed_u64).to_le_bytes());
+        let id = message_id(&payload).0;
+        let t0 = Instant::now();
+        raw[from].publish(payload).await.then_some(()).context("raw publish found no peers")?;
+        let mut seen = BTreeSet::from([from]);
+        let mut last = t0;
+        let deadline = t0 + Duration::from_secs(5);
+        while seen.len() < n {
+            match tokio::time::timeout_at(deadline.into(), arrivals.recv()).await {
+                Ok(Some(a)) if a.id == id => {
+                    seen.insert(a.node);
+                    last = last.max(a.at);
+                }
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+        if k == 0 {
+            continue; // warm-up
+        }
+        base_delivered += seen.len();
+        if seen.len() == n {
+            baseline.push(last - t0);
+        }
+    }
+    let ours_s = Summary::of(&ours);
+    let base_s = Summary::of(&baseline);
+    let ratio = ours_s.p99_ms / base_s.p99_ms.max(1e-9);
+    let ours_delivery = delivered as f64 / (count * n) as f64;
+    Ok(SuiteResult {
+        suite: "propagation",
+        ours: json!({"latency": ours_s, "delivery": ours_delivery}),
+        baseline: json!({"latency": base_s, "delivery": base_delivered as f64 / (count * n) as f64}),
+        ratio,
+        headline:
+            "p99 time until every node has the offer: gpumesh (verified, validated, stored) / raw gossipsub"
+                .into(),
+        goal: "ratio <= 1.2 at p99, delivery 100 %".into(),
+        goal_met: ratio <= 1.2 && ours_delivery >= 1.0,
+        params: json!({"nodes": n, "offers": count, "payload_bytes": size, "edges": edges.len(), "heartbeat_ms": 200}),
+        notes: vec![],
+    })
+}
+
+/// Publishes one offer from node `from` and waits until every node's book has it. Returns the
+/// time until the last node had it, and how many nodes got it.
+async fn measure_one(
+    nodes: &[BenchNode],
+    receivers: &mut [tokio::sync::broadcast::Receiver<gpumesh_node::handle::BookEvent>],
+    from: usize,
+    seq: &mut u64,
+    k: u64,
+    timeout: Duration,
+) -> Result<(Duration, usize)> {
+    *seq += 1;
+    let key = &nodes[from].key;
+    let offer = offers::offer(key, NET, k, 1 + k % 16, *seq, Timestamp(gpumesh_node::clock::now().0));
+    let (id, want) = (offer.offer_id, *seq);
+    let bytes = envelope::seal(key, &offer);
+    for r in receivers.iter_mut() {
+        while r.try_recv().is_ok() {}
+    }
+    let t0 = Instant::now();
+    nodes[from].node.handle.publish(bytes).await?;
+    let deadline = t0 + timeout;
+    let mut last = t0;
+    let mut got = 0;
+    for r in receivers.iter_mut() {
+        loop {
+            match tokio::time::timeout_at(deadline.into(), r.recv()).await {
+                Ok(Ok(e)) if e.offer_id == id && e.seq == want && e.present => {
+                    got += 1;
+                    last = last.max(e.at);
+                    break;
+                }
+                Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+                _ => break,
+            }
+        }
+    }
+    Ok((last - t0, got))
+}
