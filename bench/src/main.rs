@@ -8,11 +8,10 @@
 //!
 //! # Layout
 //!
-//! - [`stats`]: percentiles.
-//! - [`net`]: in-process gpumesh nodes and raw libp2p swarms (the baselines).
-//! - one module per suite: [`propagation`], [`ingest`], [`search`], [`lease`], [`capacity`],
-//!   [`memory`].
-//! - [`offers`]: realistic signed offers.
+//! - `stats`: percentiles.
+//! - `net`: in-process gpumesh nodes and raw libp2p swarms (the baselines).
+//! - one module per suite: `propagation`, `ingest`, `search`, `lease`, `capacity`, `memory`.
+//! - `offers`: realistic signed offers.
 
 mod capacity;
 mod ingest;

@@ -182,7 +182,7 @@ pub async fn run(args: &Args) -> Result<SuiteResult> {
     let procs_ref = &procs;
     let ready = wait_until("every node to hold every offer", Duration::from_secs(600), || async move {
         for p in procs_ref {
-            if !status(h, &p.dir).await.is_some_and(|s| s.offers_known >= m) {
+            if status(h, &p.dir).await.is_none_or(|s| s.offers_known < m) {
                 return false;
             }
         }

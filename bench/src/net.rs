@@ -233,9 +233,12 @@ pub async fn rr_server(ix: u64, protocol: &'static str, responder: Responder) ->
     Ok((peer, addr))
 }
 
+/// One request for the client task: to whom, where, what, and where the round trip goes.
+type RrRequest = (PeerId, Multiaddr, Vec<u8>, oneshot::Sender<Result<Duration, String>>);
+
 /// A raw request-response client driven by commands.
 pub struct RrClient {
-    cmd: mpsc::UnboundedSender<(PeerId, Multiaddr, Vec<u8>, oneshot::Sender<Result<Duration, String>>)>,
+    cmd: mpsc::UnboundedSender<RrRequest>,
 }
 
 impl RrClient {
