@@ -50,6 +50,8 @@ pub struct RunningNode {
     task: JoinHandle<()>,
     /// The event loop and the lease task (the holders of the store).
     workers: Vec<JoinHandle<()>>,
+    /// The offer writer thread (it holds the store until the event loop is gone).
+    writer_thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl RunningNode {
@@ -59,8 +61,15 @@ impl RunningNode {
             let _ = tx.send(());
         }
         let _ = (&mut self.task).await;
-        for w in self.workers {
+        for w in std::mem::take(&mut self.workers) {
             let _ = w.await;
+        }
+        self.join_writer().await;
+    }
+
+    async fn join_writer(&mut self) {
+        if let Some(t) = self.writer_thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
     }
 
@@ -72,13 +81,14 @@ impl RunningNode {
     /// Kills the node's tasks at once, as a crash would: nothing is withdrawn or flushed
     /// beyond what was already durable. Returns once every task is gone (and the store is
     /// closed). For tests.
-    pub async fn crash(self) {
+    pub async fn crash(mut self) {
         self.task.abort();
-        let _ = self.task.await;
+        let _ = (&mut self.task).await;
         // The supervisor's guard aborted the workers; wait until they are dropped.
-        for w in self.workers {
+        for w in std::mem::take(&mut self.workers) {
             let _ = w.await;
         }
+        self.join_writer().await;
     }
 }
 
@@ -161,6 +171,7 @@ pub async fn start(data_dir: DataDir, config: NodeConfig) -> Result<RunningNode,
     }
     let token = data_dir.new_token()?;
 
+    let (writer, writer_thread) = crate::store::OfferWriter::start(store.clone())?;
     let mut event_loop = EventLoop::new(EventLoopParts {
         swarm,
         me,
@@ -172,6 +183,7 @@ pub async fn start(data_dir: DataDir, config: NodeConfig) -> Result<RunningNode,
         api_addr: api.to_string(),
         local_gpus: gpus.iter().filter(|g| !g.mig).count(),
         book_events,
+        writer,
     });
     event_loop.start()?;
     let lease_task = LeaseTask::new(LeaseTaskParts {
@@ -233,6 +245,7 @@ pub async fn start(data_dir: DataDir, config: NodeConfig) -> Result<RunningNode,
         stop_tx: Some(stop_tx),
         task,
         workers: vec![loop_task, lease_join],
+        writer_thread: Some(writer_thread),
     })
 }
 

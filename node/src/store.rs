@@ -251,3 +251,63 @@ mod tests {
         assert_eq!(s.next_seq(0).unwrap(), 101);
     }
 }
+
+/// Writes offers to the store on a thread of its own, so the event loop never waits for sled
+/// on the gossip path. Offers need no durability (they are re-gossiped); what was handed over
+/// is written in order, and [`OfferWriter::flush`] waits until everything before it is on
+/// disk.
+#[derive(Debug, Clone)]
+pub struct OfferWriter {
+    tx: std::sync::mpsc::Sender<WriteOp>,
+}
+
+#[derive(Debug)]
+enum WriteOp {
+    Put(OfferId, std::sync::Arc<[u8]>),
+    Remove(OfferId),
+    Flush(tokio::sync::oneshot::Sender<Result<(), String>>),
+}
+
+impl OfferWriter {
+    /// Starts the writer thread for `store`. The thread ends once every `OfferWriter` clone
+    /// is dropped; join the handle to know the store is released.
+    pub fn start(store: Store) -> Result<(OfferWriter, std::thread::JoinHandle<()>), StoreError> {
+        let (tx, rx) = std::sync::mpsc::channel::<WriteOp>();
+        let thread = std::thread::Builder::new()
+            .name("gpumesh-offer-writer".into())
+            .spawn(move || {
+                while let Ok(op) = rx.recv() {
+                    let r = match op {
+                        WriteOp::Put(id, bytes) => store.put_offer(&id, &bytes),
+                        WriteOp::Remove(id) => store.remove_offer(&id),
+                        WriteOp::Flush(done) => {
+                            let _ = done.send(store.db.flush().map(|_| ()).map_err(|e| e.to_string()));
+                            Ok(())
+                        }
+                    };
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "writing an offer to the store failed");
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+        Ok((OfferWriter { tx }, thread))
+    }
+
+    /// Queues an offer envelope for writing.
+    pub fn put(&self, id: OfferId, envelope: std::sync::Arc<[u8]>) {
+        let _ = self.tx.send(WriteOp::Put(id, envelope));
+    }
+
+    /// Queues an offer's removal.
+    pub fn remove(&self, id: OfferId) {
+        let _ = self.tx.send(WriteOp::Remove(id));
+    }
+
+    /// Waits until every queued write is applied and flushed.
+    pub async fn flush(&self) -> Result<(), String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx.send(WriteOp::Flush(tx)).map_err(|_| "offer writer stopped".to_string())?;
+        rx.await.map_err(|_| "offer writer stopped".to_string())?
+    }
+}

@@ -71,10 +71,8 @@ impl EventLoop {
                 if let BookChange::Removed(id) = &change {
                     self.book_event(*id, Some(w.provider), w.seq, false);
                 }
-                if let BookChange::Removed(id) = &change
-                    && let Err(e) = self.store.remove_offer(id)
-                {
-                    tracing::warn!(error = %e, "removing a withdrawn offer from the store failed");
+                if let BookChange::Removed(id) = &change {
+                    self.writer.remove(*id);
                 }
                 Ok(change)
             }
@@ -93,9 +91,7 @@ impl EventLoop {
         let bytes = offer.shared_bytes();
         let change = self.book.insert(offer, now)?;
         self.book_event(id, Some(provider), seq, true);
-        if let Err(e) = self.store.put_offer(&id, &bytes) {
-            tracing::warn!(error = %e, offer = %id, "storing an offer failed");
-        }
+        self.writer.put(id, bytes);
         Ok(change)
     }
 

@@ -64,6 +64,8 @@ pub(crate) struct EventLoop {
     book_events: tokio::sync::broadcast::Sender<crate::handle::BookEvent>,
     /// Decompressed keys of the signers we hear from.
     keys: gpumesh_protocol::envelope::KeyCache,
+    /// Offer writes, off the event loop.
+    writer: crate::store::OfferWriter,
 }
 
 /// What the event loop needs to start.
@@ -78,6 +80,7 @@ pub(crate) struct EventLoopParts {
     pub api_addr: String,
     pub local_gpus: usize,
     pub book_events: tokio::sync::broadcast::Sender<crate::handle::BookEvent>,
+    pub writer: crate::store::OfferWriter,
 }
 
 impl EventLoop {
@@ -115,6 +118,7 @@ impl EventLoop {
             unsent: Vec::new(),
             book_events: p.book_events,
             keys: gpumesh_protocol::envelope::KeyCache::new(8192),
+            writer: p.writer,
             settings: p.settings,
         }
     }
@@ -183,8 +187,8 @@ impl EventLoop {
                 _ = &mut deadline => break,
             }
         }
-        if let Err(e) = self.store.flush().await {
-            tracing::error!(error = %e, "flushing the store at shutdown failed");
+        if let Err(e) = self.writer.flush().await {
+            tracing::error!(error = %e, "flushing the offer book at shutdown failed");
         }
     }
 
@@ -281,9 +285,7 @@ impl EventLoop {
         for id in self.book.sweep(now) {
             tracing::debug!(offer = %id, "offer expired");
             self.book_event(id, None, 0, false);
-            if let Err(e) = self.store.remove_offer(&id) {
-                tracing::warn!(error = %e, "removing an expired offer from the store failed");
-            }
+            self.writer.remove(id);
         }
         self.metrics.offers_known.set(self.book.len() as i64);
         self.metrics.peers.set(self.swarm.connected_peers().count() as i64);
