@@ -33,7 +33,10 @@ pub fn offer(provider: &SigningKey, network: &str, i: u64, variant: u64, seq: u6
         vendor: "nvidia".into(),
         model,
         vram_mib: vram,
-        compute_capability: Some(ComputeCapability(8 + (i % 2) as u8, if i.is_multiple_of(3) { 9 } else { 0 })),
+        compute_capability: Some(ComputeCapability(
+            8 + (i % 2) as u8,
+            if i.is_multiple_of(3) { 9 } else { 0 },
+        )),
         interconnect: ic,
         cuda_version: Some("12.4".into()),
         driver_version: Some("550.54.15".into()),
