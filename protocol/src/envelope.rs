@@ -257,11 +257,17 @@ fn short_error<E: fmt::Debug>(e: &ciborium::de::Error<E>) -> String {
 
 /// Builds envelope bytes from already-encoded body bytes and a signature.
 pub fn assemble(kind: Kind, signer: &NodeId, body: &[u8], signature: &[u8; 64]) -> Vec<u8> {
+    assemble_raw(kind as u64, signer.as_bytes(), body, signature)
+}
+
+/// Builds envelope bytes with any kind number, including ones this version does not know
+/// (for tests and tools that probe how a peer handles them).
+pub fn assemble_raw(kind: u64, signer: &[u8; 32], body: &[u8], signature: &[u8; 64]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + 110);
     out.push(0x84);
-    write_head(&mut out, 0, kind as u64);
+    write_head(&mut out, 0, kind);
     write_head(&mut out, 2, 32);
-    out.extend_from_slice(signer.as_bytes());
+    out.extend_from_slice(signer);
     write_head(&mut out, 2, body.len() as u64);
     out.extend_from_slice(body);
     write_head(&mut out, 2, 64);

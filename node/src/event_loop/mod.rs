@@ -59,6 +59,8 @@ pub(crate) struct EventLoop {
     probes: Vec<Probe>,
     next_fanout: u64,
     syncs_in_flight: HashMap<libp2p::request_response::OutboundRequestId, PeerId>,
+    /// Whether a book sync has completed since start (later syncs pass on what they teach).
+    synced_once: bool,
     /// Our own offers and withdrawals that found no topic peer yet.
     unsent: Vec<Vec<u8>>,
     book_events: tokio::sync::broadcast::Sender<crate::handle::BookEvent>,
@@ -115,6 +117,7 @@ impl EventLoop {
             probes: Vec::new(),
             next_fanout: 0,
             syncs_in_flight: HashMap::new(),
+            synced_once: false,
             unsent: Vec::new(),
             book_events: p.book_events,
             keys: gpumesh_protocol::envelope::KeyCache::new(8192),

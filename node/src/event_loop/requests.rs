@@ -18,6 +18,8 @@ use tokio::sync::oneshot;
 
 /// Most capacity requests in flight per fan-out.
 const FANOUT_CONCURRENCY: usize = 32;
+/// Most offers learnt from one sync that are passed on by gossip.
+const MAX_REGOSSIP: usize = 256;
 /// Most book syncs in flight.
 const MAX_SYNCS: usize = 4;
 /// Most providers one probe dials.
@@ -421,10 +423,19 @@ impl EventLoop {
             return;
         };
         let (mut added, mut faulty) = (0usize, false);
+        // After our first sync, offers a sync teaches us are news to our side of the network
+        // too (a healed partition): pass them on. A node catching up at start does not.
+        let regossip = self.synced_once;
+        let mut news = Vec::new();
         for b in answer.offers.iter().take(wire::MAX_SYNC_OFFERS) {
             match RawEnvelope::parse(&b.0).and_then(|raw| open_cached::<Offer>(&b.0, raw, &mut self.keys)) {
                 Ok(o) => match self.admit_offer(o, now) {
-                    Ok(_) => added += 1,
+                    Ok(_) => {
+                        added += 1;
+                        if regossip && news.len() < MAX_REGOSSIP {
+                            news.push(&b.0);
+                        }
+                    }
                     Err(e) => faulty |= e.is_peer_fault(),
                 },
                 Err(_) => faulty = true,
@@ -433,6 +444,14 @@ impl EventLoop {
         if faulty {
             self.penalise(peer);
         }
-        tracing::debug!(peer = %peer, offers = answer.offers.len(), added, "book sync");
+        self.synced_once = true;
+        for bytes in &news {
+            // The exact signed bytes: their message id is the one every node already knows
+            // if the offer reached it by gossip, so it is not delivered twice.
+            if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), bytes.to_vec()) {
+                tracing::debug!(error = %e, "passing on a synced offer failed");
+            }
+        }
+        tracing::debug!(peer = %peer, offers = answer.offers.len(), added, regossiped = news.len(), "book sync");
     }
 }

@@ -117,7 +117,8 @@ pub(crate) struct LeaseTask {
     internal_rx: mpsc::Receiver<Internal>,
     timers: BinaryHeap<Reverse<(Timestamp, Timer)>>,
     lease_waiters: HashMap<LeaseId, oneshot::Sender<Result<LeaseView, LeaseError>>>,
-    release_waiters: HashMap<LeaseId, oneshot::Sender<Result<LeaseView, LeaseError>>>,
+    /// Every caller waiting on a release of a lease (two may release the same lease at once).
+    release_waiters: HashMap<LeaseId, Vec<oneshot::Sender<Result<LeaseView, LeaseError>>>>,
     publish_scheduled: bool,
 }
 

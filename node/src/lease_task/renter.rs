@@ -58,7 +58,7 @@ impl LeaseTask {
     ) {
         match self.renter_handle(RenterInput::Release { lease_id }, now).await {
             Ok(()) => {
-                self.release_waiters.insert(lease_id, reply);
+                self.release_waiters.entry(lease_id).or_default().push(reply);
             }
             Err(e) => {
                 let _ = reply.send(Err(LeaseError::Invalid(e.to_string())));
@@ -143,28 +143,21 @@ impl LeaseTask {
             RenterEvent::Ended { lease_id, state } => {
                 tracing::info!(lease = %lease_id, state = state.as_str(), "lease ended");
                 self.metrics.lease("renter", state.as_str());
-                if let (Some(w), Some(v)) =
-                    (self.release_waiters.remove(&lease_id), self.renter_view(&lease_id))
-                {
-                    let _ = w.send(Ok(v));
+                if let Some(v) = self.renter_view(&lease_id) {
+                    self.answer_release(lease_id, |_| Ok(v.clone()));
                 }
             }
             RenterEvent::ReleaseRefused { lease_id, reason, detail } => {
-                if let Some(w) = self.release_waiters.remove(&lease_id) {
-                    let _ = w.send(Err(LeaseError::Rejected {
-                        reason,
-                        message: format!("{}: {detail}", reason.explain()),
-                        lease_id: lease_id.to_string(),
-                    }));
-                }
+                let message = format!("{}: {detail}", reason.explain());
+                self.answer_release(lease_id, |id| {
+                    Err(LeaseError::Rejected { reason, message: message.clone(), lease_id: id.to_string() })
+                });
             }
             RenterEvent::BadReply { lease_id, why } => {
                 tracing::warn!(lease = %lease_id, why = %why, "provider reply not accepted");
-                if let Some(w) = self.release_waiters.remove(&lease_id) {
-                    let still = self.renter.lease(&lease_id).is_some_and(|l| l.state == LeaseState::Active);
-                    let msg = if still { format!("{why}; the lease is still active") } else { why };
-                    let _ = w.send(Err(LeaseError::Failed(msg)));
-                }
+                let still = self.renter.lease(&lease_id).is_some_and(|l| l.state == LeaseState::Active);
+                let msg = if still { format!("{why}; the lease is still active") } else { why };
+                self.answer_release(lease_id, |_| Err(LeaseError::Failed(msg.clone())));
             }
         }
     }
@@ -172,6 +165,13 @@ impl LeaseTask {
     fn answer_lease(&mut self, id: LeaseId, f: impl FnOnce(LeaseView) -> Result<LeaseView, LeaseError>) {
         if let (Some(w), Some(v)) = (self.lease_waiters.remove(&id), self.renter_view(&id)) {
             let _ = w.send(f(v));
+        }
+    }
+
+    /// Answers every caller waiting on a release of `id`.
+    fn answer_release(&mut self, id: LeaseId, f: impl Fn(&LeaseId) -> Result<LeaseView, LeaseError>) {
+        for w in self.release_waiters.remove(&id).unwrap_or_default() {
+            let _ = w.send(f(&id));
         }
     }
 }

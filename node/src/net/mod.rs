@@ -40,6 +40,11 @@ pub enum NetError {
 #[allow(missing_debug_implementations)]
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    // The two that may deny a connection come first: a behaviour consulted before a denial has
+    // already made a handler for that connection, and request-response then hands its queued
+    // requests to a handler that is dropped, losing them.
+    pub limits: connection_limits::Behaviour,
+    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub gossipsub: gossipsub::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
@@ -48,9 +53,12 @@ pub struct Behaviour {
     pub capacity: request_response::Behaviour<BytesCodec>,
     pub lease: request_response::Behaviour<BytesCodec>,
     pub sync: request_response::Behaviour<BytesCodec>,
-    pub limits: connection_limits::Behaviour,
-    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
 }
+
+/// The largest gossip message on the offers topic: an envelope plus gossipsub's framing.
+pub const MAX_GOSSIP_MESSAGE: usize = gpumesh_protocol::envelope::MAX_GOSSIP_ENVELOPE + 512;
+/// The most gossipsub reads from one stream before decoding (several frames may be buffered).
+const GOSSIP_READ_LIMIT: usize = 1 << 20;
 
 /// The gossipsub topic of a network.
 pub fn offers_topic(network: &str) -> IdentTopic {
@@ -79,7 +87,12 @@ fn gossipsub_behaviour(settings: &Settings) -> Result<gossipsub::Behaviour, NetE
         .validation_mode(ValidationMode::Anonymous)
         .validate_messages()
         .message_id_fn(|m| message_id(&m.data))
-        .max_transmit_size(gpumesh_protocol::envelope::MAX_GOSSIP_ENVELOPE + 512)
+        // gossipsub 0.50 compares its global limit with the whole read buffer, which can hold
+        // several frames, so a limit near one message's size drops honest bursts (a provider
+        // re-pricing many groups). Keep the buffer limit wide and the per-message limit tight:
+        // an over-size message on the offers topic is refused by gossipsub as invalid.
+        .max_transmit_size(GOSSIP_READ_LIMIT)
+        .max_transmit_size_for_topic(MAX_GOSSIP_MESSAGE, offers_topic(&settings.network).hash())
         .duplicate_cache_time(Duration::from_secs(120))
         .build()
         .map_err(|e| NetError::Build(format!("gossipsub config: {e}")))?;
