@@ -8,7 +8,14 @@
 //!
 //! - [`TestNode`]: an in-process node in a temporary data dir, plus its API client.
 //! - [`Proc`]: a `gpumesh` child process, killed when dropped.
-//! - [`wait_for`]: poll a condition until it holds or a deadline passes.
+//! - [`wait_for`]: poll a condition until it holds or a deadline passes; [`within`]: one call
+//!   with a deadline.
+//! - [`adversary`]: raw libp2p peers that send hostile gossip and requests, and builders of
+//!   mis-signed and malformed messages.
+//! - [`measure`]: a seeded RNG, latency percentiles, resident memory.
+
+pub mod adversary;
+pub mod measure;
 
 use anyhow::{Context, Result, bail};
 use gpumesh_node::config::NodeConfig;
@@ -64,14 +71,27 @@ where
 {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(v) = get().await {
-            return Ok(v);
+        // A check that never returns (a node whose event loop is stuck) fails at the deadline
+        // too, rather than hanging the test.
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(5));
+        match tokio::time::timeout(left, get()).await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(_) => bail!("timed out waiting for {what}: a check did not return within {left:?}"),
         }
         if Instant::now() > deadline {
             bail!("timed out after {timeout:?} waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Runs `fut`, failing after `timeout` naming `what` (for single calls into a node that must
+/// answer, so that a stuck node fails the test instead of hanging it).
+pub async fn within<T>(what: &str, timeout: Duration, fut: impl Future<Output = T>) -> Result<T> {
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| anyhow::anyhow!("{what} did not finish within {timeout:?}"))
 }
 
 /// An in-process node in its own temporary data dir.
@@ -183,14 +203,29 @@ pub fn gpumesh_bin() -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         // `cargo test` sets variables (LD_LIBRARY_PATH, CARGO_PKG_*…) that some build scripts
         // track; passing them on would make this build differ from a plain one and recompile
-        // the C parts of the QUIC stack every time. Keep only what cargo itself needs.
-        let keep =
-            ["PATH", "HOME", "CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN", "CARGO_TARGET_DIR", "TMPDIR"];
+        // the C parts of the QUIC stack every time. Keep only what cargo itself needs, and
+        // the user's build settings (dropping RUSTFLAGS would rebuild every dependency).
+        let keep = [
+            "PATH",
+            "HOME",
+            "CARGO_HOME",
+            "RUSTUP_HOME",
+            "RUSTUP_TOOLCHAIN",
+            "CARGO_TARGET_DIR",
+            "TMPDIR",
+            "RUSTFLAGS",
+            "RUSTC_WRAPPER",
+            "CARGO_INCREMENTAL",
+        ];
+        let kept = |k: &str| {
+            keep.contains(&k)
+                || ["CARGO_BUILD_", "CARGO_PROFILE_", "CARGO_REGISTRIES_"].iter().any(|p| k.starts_with(p))
+        };
         let status = Command::new(cargo)
             .args(["build", "--quiet", "-p", "gpumesh-cli", "--bin", "gpumesh"])
             .current_dir(&root)
             .env_clear()
-            .envs(std::env::vars().filter(|(k, _)| keep.contains(&k.as_str())))
+            .envs(std::env::vars().filter(|(k, _)| kept(k)))
             .status()
             .expect("running cargo build");
         assert!(status.success(), "building gpumesh failed");
@@ -211,6 +246,20 @@ pub fn gpumesh(dir: &Path, args: &[&str]) -> Result<(i32, String, String)> {
     ))
 }
 
+/// Runs `gpumesh --data-dir DIR ARGS…` and parses its standard output as JSON, if it exits 0.
+pub fn gpumesh_json(dir: &Path, args: &[&str]) -> Option<serde_json::Value> {
+    match gpumesh(dir, args) {
+        Ok((0, out, _)) => serde_json::from_str(&out).ok(),
+        _ => None,
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (for a process that must come back on
+/// the same port after a restart; everything else binds port 0).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
 /// A running `gpumesh` process, killed (SIGKILL) when dropped.
 #[derive(Debug)]
 pub struct Proc {
@@ -221,13 +270,19 @@ pub struct Proc {
 impl Proc {
     /// Starts `gpumesh --data-dir DIR node ARGS…` with logs to `DIR.log`.
     pub fn node(dir: &Path, args: &[&str]) -> Result<Proc> {
+        Proc::node_with_api(dir, "127.0.0.1:0", args)
+    }
+
+    /// Like [`Proc::node`] with the API on `api`. Logs are appended to `DIR.log`, so a
+    /// restarted node's log follows the previous run's.
+    pub fn node_with_api(dir: &Path, api: &str, args: &[&str]) -> Result<Proc> {
         std::fs::create_dir_all(dir)?;
-        let log = std::fs::File::create(dir.with_extension("log"))?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.with_extension("log"))?;
         let child = Command::new(gpumesh_bin())
             .arg("--data-dir")
             .arg(dir)
             .arg("--api")
-            .arg("127.0.0.1:0")
+            .arg(api)
             .arg("node")
             .args(args)
             .stdout(Stdio::null())
