@@ -14,6 +14,9 @@ use std::cmp::Ordering;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::hash::Hash;
 
+/// The measured RTT to a provider, in milliseconds, if any.
+type LatencyFn<'a> = &'a dyn Fn(&NodeId) -> Option<u32>;
+
 /// What the spec-scope terms of a query look at.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct SpecKey {
@@ -255,7 +258,7 @@ impl Index {
             SortKey::Score => {
                 // Scores are normalised over every match: collect, then score and select.
                 let mut matched: Vec<(u32, u64, Option<u32>)> = Vec::new();
-                self.scan(query, now, latency, &mut |row, lat| {
+                self.scan(query, now, Some(latency), &mut |row, lat| {
                     matched.push((row.slot, row.nums.price_micros, lat))
                 });
                 let ranges = Ranges::of(matched.iter().map(|m| (m.1, m.2)));
@@ -269,8 +272,25 @@ impl Index {
                     }
                 }
             }
+            SortKey::Price if !query.terms().iter().any(|t| t.field().scope() == Scope::Provider) => {
+                // Nothing filters on the provider: look a latency up only for rows whose price
+                // can still make the top `limit` (a lookup per provider is most of a scan).
+                self.scan(query, now, None, &mut |row, _| {
+                    let price = row.nums.price_micros;
+                    if !best.price_may_beat(price) {
+                        return;
+                    }
+                    let lat = latency(self.providers.get(row.provider));
+                    if best.beats_worst(0.0, price, lat) {
+                        best.offer(Scored {
+                            candidate: Candidate { offer: self.offer_at(row.slot), latency_ms: lat },
+                            score: 0.0,
+                        });
+                    }
+                });
+            }
             SortKey::Price | SortKey::Latency => {
-                self.scan(query, now, latency, &mut |row, lat| {
+                self.scan(query, now, Some(latency), &mut |row, lat| {
                     if best.beats_worst(0.0, row.nums.price_micros, lat) {
                         best.offer(Scored {
                             candidate: Candidate { offer: self.offer_at(row.slot), latency_ms: lat },
@@ -288,13 +308,15 @@ impl Index {
     }
 
     /// Calls `emit` with every row not expired at `now` that matches `query`, and the
-    /// provider's latency. Spec terms are evaluated once per group, provider and latency
-    /// terms once per provider, region terms once per region, the rest per row.
+    /// provider's latency (`None` throughout when `latency` is `None`, which callers may pass
+    /// only for queries without provider-scope terms). Spec terms are evaluated once per
+    /// group, provider and latency terms once per provider, region terms once per region, the
+    /// rest per row.
     fn scan(
         &self,
         query: &Query,
         now: Timestamp,
-        latency: &dyn Fn(&NodeId) -> Option<u32>,
+        latency: Option<LatencyFn<'_>>,
         emit: &mut dyn FnMut(&Row, Option<u32>),
     ) {
         let by_scope = |scope: Scope| -> Vec<&Term> {
@@ -303,7 +325,8 @@ impl Index {
         let (spec_terms, provider_terms, region_terms) =
             (by_scope(Scope::Spec), by_scope(Scope::Provider), by_scope(Scope::Region));
         let numeric: Vec<NumericTerm> = by_scope(Scope::Offer).iter().filter_map(|t| t.numeric()).collect();
-        let mut provider_cache: Vec<Option<(Option<u32>, bool)>> = vec![None; self.providers.capacity()];
+        let mut provider_cache: Vec<Option<(Option<u32>, bool)>> =
+            if latency.is_some() { vec![None; self.providers.capacity()] } else { Vec::new() };
         let mut region_cache: Vec<Option<bool>> = vec![None; self.regions.capacity()];
         for group in self.groups.iter().flatten() {
             let Some(first) = group.rows.first() else { continue };
@@ -316,10 +339,13 @@ impl Index {
                     continue;
                 }
                 let v = view(row);
-                let (lat, ok) = *provider_cache[row.provider as usize].get_or_insert_with(|| {
-                    let lat = latency(self.providers.get(row.provider));
-                    (lat, provider_terms.iter().all(|t| t.matches(&v, lat)))
-                });
+                let (lat, ok) = match latency {
+                    None => (None, true),
+                    Some(latency) => *provider_cache[row.provider as usize].get_or_insert_with(|| {
+                        let lat = latency(self.providers.get(row.provider));
+                        (lat, provider_terms.iter().all(|t| t.matches(&v, lat)))
+                    }),
+                };
                 if !ok {
                     continue;
                 }
@@ -392,6 +418,12 @@ impl<'a> TopK<'a> {
             }
         };
         ord != Ordering::Greater
+    }
+
+    /// Whether a candidate at `price` may still rank before the worst kept one under
+    /// [`SortKey::Price`] (ties on price are settled by latency, so they may).
+    fn price_may_beat(&self, price: u64) -> bool {
+        self.heap.len() < self.limit || self.heap.peek().is_none_or(|w| price <= w.s.candidate.offer.price.0)
     }
 
     fn offer(&mut self, s: Scored<'a>) {
