@@ -43,13 +43,17 @@ pub struct Store {
     meta: sled::Tree,
 }
 
+/// sled's page cache. The offer book lives in memory and reads offers from the store only at
+/// start, and leases are few, so a large cache would only duplicate the book in memory.
+const STORE_CACHE: u64 = 2 * 1024 * 1024;
+
 impl Store {
     /// Opens (or creates) the store in `path`.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let db = sled::Config::new()
             .path(path)
             .mode(sled::Mode::LowSpace)
-            .cache_capacity(16 * 1024 * 1024)
+            .cache_capacity(STORE_CACHE)
             .open()
             .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
         Ok(Store {
