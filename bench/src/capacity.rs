@@ -2,7 +2,7 @@
 //! all answered; and what a cold start (dialing every provider) costs. Baseline: the same
 //! fan-out of raw request-response exchanges of the same sizes to N raw servers.
 
-use crate::net::{BenchNode, Responder, RrClient, node_config, rr_server, wait_until};
+use crate::net::{BenchNode, Responder, RrClient, node_config, rr_server, settle, wait_until};
 use crate::stats::Summary;
 use crate::{Args, SuiteResult};
 use anyhow::Result;
@@ -51,12 +51,15 @@ pub async fn run(args: &Args) -> Result<SuiteResult> {
     })
     .await?;
     renter.node.handle.capacity(search(), Duration::from_secs(10)).await?; // warm-up
+    let (settle_t, settled) = settle(Duration::from_secs(30)).await;
     let mut ours = Vec::new();
     let mut incomplete = 0;
+    let mut rtts = Vec::new();
     for _ in 0..reps {
         let t = Instant::now();
         let rep = renter.node.handle.capacity(search(), Duration::from_secs(10)).await?;
         let took = t.elapsed();
+        rtts.extend(rep.answered.iter().map(|a| Duration::from_secs_f64(a.rtt_ms / 1000.0)));
         if rep.answered.len() < n {
             incomplete += 1;
         } else {
@@ -81,6 +84,7 @@ pub async fn run(args: &Args) -> Result<SuiteResult> {
         (t.elapsed(), all.iter().filter(|r| r.is_ok()).count())
     };
     fan(client.clone(), servers.clone()).await; // connect
+    let (base_settle_t, _) = settle(Duration::from_secs(30)).await;
     let mut base = Vec::new();
     for _ in 0..reps {
         let (t, ok) = fan(client.clone(), servers.clone()).await;
@@ -92,8 +96,9 @@ pub async fn run(args: &Args) -> Result<SuiteResult> {
     let ratio = o.p99_ms / b.p99_ms.max(1e-9);
     Ok(SuiteResult {
         suite: "capacity",
-        ours: json!({"warm": o, "incomplete_rounds": incomplete, "cold_start_ms": cold_ms, "cold_answered": cold_answered}),
-        baseline: json!({"raw_fanout": b}),
+        ours: json!({"warm": o, "answer_rtt": Summary::of(&rtts), "incomplete_rounds": incomplete, "cold_start_ms": cold_ms, "cold_answered": cold_answered,
+            "settled_after_s": settle_t.as_secs_f64(), "settled": settled}),
+        baseline: json!({"raw_fanout": b, "settled_after_s": base_settle_t.as_secs_f64()}),
         ratio,
         headline: "p99 until all providers answered (connections open): gpumesh capacity query / raw request-response fan-out".into(),
         goal: "p99 <= 50 ms on loopback with connections open".into(),

@@ -34,6 +34,22 @@ pub async fn node_process(dir: &Path) -> Result<()> {
             _ => orphaned.await,
         }
     };
+    // Heap in use by the program, by glibc's count, logged every second: the difference
+    // from RSS is allocator overhead (arenas, fragmentation) and mapped files.
+    #[allow(unsafe_code)]
+    tokio::spawn(async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            // SAFETY: mallinfo2 only reads glibc's allocator statistics.
+            let m = unsafe { libc::mallinfo2() };
+            eprintln!(
+                "heap: in use {:.1} MiB, free in arenas {:.1} MiB, mmapped {:.1} MiB",
+                m.uordblks as f64 / 1048576.0,
+                m.fordblks as f64 / 1048576.0,
+                m.hblkhd as f64 / 1048576.0
+            );
+        }
+    });
     gpumesh_node::run(dd, config, shutdown).await?;
     Ok(())
 }
@@ -165,6 +181,11 @@ pub async fn run(args: &Args) -> Result<SuiteResult> {
     }
     let fill_s = t.elapsed().as_secs_f64();
     let loaded = settled_rss(pid).await?;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // one more heap line in the log
+    let heap = std::fs::read_to_string(root.join("loaded.log"))
+        .ok()
+        .and_then(|l| l.lines().rev().find(|l| l.starts_with("heap:")).map(str::to_string))
+        .unwrap_or_default();
     drop(node);
 
     // A testnet of M node processes, each with one GPU group.
@@ -206,9 +227,12 @@ pub async fn run(args: &Args) -> Result<SuiteResult> {
         goal: "<= 40 MB with 10k offers".into(),
         goal_met: loaded <= 40.0 * 1_000_000.0 / 1_048_576.0,
         params: json!({"offers": target, "providers": 200, "testnet_nodes": m}),
-        notes: vec![format!(
-            "testnet of {m} node processes: {} in {ready_s:.1} s, {total:.0} MiB in all",
-            if ready.is_ok() { "ready" } else { "NOT ready" }
-        )],
+        notes: vec![
+            format!("node holding 10k offers: {heap}"),
+            format!(
+                "testnet of {m} node processes: {} in {ready_s:.1} s, {total:.0} MiB in all",
+                if ready.is_ok() { "ready" } else { "NOT ready" }
+            ),
+        ],
     })
 }

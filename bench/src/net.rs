@@ -307,3 +307,32 @@ fn rr_swarm(ix: u64, protocol: &'static str) -> Result<Swarm<request_response::B
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
         .build())
 }
+
+/// CPU time this process has used, in clock ticks (utime + stime of /proc/self/stat).
+fn cpu_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Waits until this process is nearly idle (under 30 % of one core over half a second), at
+/// most `max`: a network that has just formed is still dialing, identifying and running
+/// Kademlia bootstraps for a few seconds on 2 cores, and figures taken then measure that
+/// instead of the steady state. Returns how long it took and whether it settled.
+pub async fn settle(max: Duration) -> (Duration, bool) {
+    let started = std::time::Instant::now();
+    let window = Duration::from_millis(500);
+    let Some(mut before) = cpu_ticks() else { return (Duration::ZERO, false) };
+    while started.elapsed() < max {
+        tokio::time::sleep(window).await;
+        let Some(now) = cpu_ticks() else { break };
+        // 100 ticks per second on Linux: 30 % of one core over 0.5 s is 15 ticks.
+        if now - before <= 15 {
+            return (started.elapsed(), true);
+        }
+        before = now;
+    }
+    (started.elapsed(), false)
+}

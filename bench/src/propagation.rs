@@ -2,7 +2,7 @@
 //! (after verification, validation and storage), against raw gossipsub carrying payloads of
 //! the same size over the same topology with the same gossip config.
 
-use crate::net::{Arrival, BenchNode, RawGossip, node_config, wait_until};
+use crate::net::{Arrival, BenchNode, RawGossip, node_config, settle, wait_until};
 use crate::offers;
 use crate::stats::Summary;
 use crate::{Args, SuiteResult};
@@ -51,6 +51,7 @@ pub async fn run(args: &Args) -> Result<SuiteResult> {
     if warm.1 < n {
         anyhow::bail!("warm-up offer reached {}/{} nodes; the network did not form", warm.1, n);
     }
+    let (settle_t, settled) = settle(Duration::from_secs(60)).await;
     let mut ours = Vec::new();
     let mut delivered = 0usize;
     for k in 0..count {
@@ -98,6 +99,7 @@ pub async fn run(args: &Args) -> Result<SuiteResult> {
         true
     })
     .await?;
+    let (base_settle_t, _) = settle(Duration::from_secs(60)).await;
     // Let the mesh settle as ours did during its warm-up (same number of heartbeats).
     let mut baseline = Vec::new();
     let mut base_delivered = 0usize;
@@ -136,8 +138,10 @@ pub async fn run(args: &Args) -> Result<SuiteResult> {
     let ours_delivery = delivered as f64 / (count * n) as f64;
     Ok(SuiteResult {
         suite: "propagation",
-        ours: json!({"latency": ours_s, "delivery": ours_delivery}),
-        baseline: json!({"latency": base_s, "delivery": base_delivered as f64 / (count * n) as f64}),
+        ours: json!({"latency": ours_s, "delivery": ours_delivery,
+            "settled_after_s": settle_t.as_secs_f64(), "settled": settled}),
+        baseline: json!({"latency": base_s, "delivery": base_delivered as f64 / (count * n) as f64,
+            "settled_after_s": base_settle_t.as_secs_f64()}),
         ratio,
         headline:
             "p99 time until every node has the offer: gpumesh (verified, validated, stored) / raw gossipsub"
