@@ -272,26 +272,23 @@ impl Index {
                     }
                 }
             }
-            SortKey::Price if !query.terms().iter().any(|t| t.field().scope() == Scope::Provider) => {
-                // Nothing filters on the provider: look a latency up only for rows whose price
-                // can still make the top `limit` (a lookup per provider is most of a scan).
-                self.scan(query, now, None, &mut |row, _| {
-                    let price = row.nums.price_micros;
-                    if !best.price_may_beat(price) {
-                        return;
-                    }
-                    let lat = latency(self.providers.get(row.provider));
-                    if best.beats_worst(0.0, price, lat) {
-                        best.offer(Scored {
-                            candidate: Candidate { offer: self.offer_at(row.slot), latency_ms: lat },
-                            score: 0.0,
-                        });
-                    }
-                });
-            }
             SortKey::Price | SortKey::Latency => {
-                self.scan(query, now, Some(latency), &mut |row, lat| {
-                    if best.beats_worst(0.0, row.nums.price_micros, lat) {
+                // With nothing filtering on the provider, a price sort looks a latency up only
+                // for rows whose price can still make the top `limit` (a lookup per provider
+                // is most of a scan).
+                let lazy = key == SortKey::Price
+                    && !query.terms().iter().any(|t| t.field().scope() == Scope::Provider);
+                self.scan(query, now, (!lazy).then_some(latency), &mut |row, lat| {
+                    let price = row.nums.price_micros;
+                    let lat = if lazy {
+                        if !best.price_may_beat(price) {
+                            return;
+                        }
+                        latency(self.providers.get(row.provider))
+                    } else {
+                        lat
+                    };
+                    if best.beats_worst(0.0, price, lat) {
                         best.offer(Scored {
                             candidate: Candidate { offer: self.offer_at(row.slot), latency_ms: lat },
                             score: 0.0,
