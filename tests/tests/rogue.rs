@@ -36,33 +36,7 @@ fn rogue_swarm(key: &SigningKey) -> Result<Swarm<gossipsub::Behaviour>> {
 }
 
 fn offer(key: &SigningKey, model: &str, seq: u64, issued_at: Timestamp) -> Offer {
-    let provider = NodeId::from_bytes(key.verifying_key().to_bytes());
-    let gpu = GpuSpec {
-        vendor: "nvidia".into(),
-        model: model.into(),
-        vram_mib: 81559,
-        compute_capability: Some(ComputeCapability(9, 0)),
-        interconnect: Interconnect::Sxm,
-        cuda_version: None,
-        driver_version: None,
-    };
-    Offer {
-        v: PROTOCOL_VERSION,
-        network: NET.into(),
-        offer_id: OfferId::derive(&provider, &gpu.group_key()),
-        provider,
-        seq,
-        issued_at,
-        expires_at: issued_at.plus_millis(60_000),
-        gpu,
-        gpu_total: 2,
-        gpu_free: 2,
-        host: HostSpec { cpu_cores: 8, ram_mib: 65536, disk_gib: 100, region: "DE".into() },
-        price: Price(1_000_000),
-        min_duration_s: 60,
-        max_duration_s: 3600,
-        addrs: vec![],
-    }
+    gpumesh_tests::adversary::offer_for(key, NET, model, seq, issued_at)
 }
 
 /// Drives the rogue swarm in the background; returns a sender of messages to publish.
