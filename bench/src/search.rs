@@ -264,13 +264,9 @@ fn numeric(t: &Term, column: &str, conds: &mut Vec<String>, params: &mut Vec<Sql
             )
         }
         (op, Value::One(s)) => {
+            // The comparison operators are spelled the same in SQL.
             let o = match op {
-                Op::Eq => "=",
-                Op::Ne => "!=",
-                Op::Lt => "<",
-                Op::Le => "<=",
-                Op::Gt => ">",
-                Op::Ge => ">=",
+                Op::Eq | Op::Ne | Op::Lt | Op::Le | Op::Gt | Op::Ge => op.as_str(),
                 _ => anyhow::bail!("operator {op:?} has no SQL form here"),
             };
             (format!("{column} {o} ?"), vec![value(s)?])

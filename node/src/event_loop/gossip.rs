@@ -69,10 +69,7 @@ impl EventLoop {
                 w.validate(&self.ctx(now))?;
                 let change = self.book.withdraw(&w, now)?;
                 if let BookChange::Removed(id) = &change {
-                    self.book_event(*id, Some(w.provider), w.seq, false);
-                }
-                if let BookChange::Removed(id) = &change {
-                    self.writer.remove(*id);
+                    self.offer_left(*id, Some(w.provider), w.seq);
                 }
                 Ok(change)
             }

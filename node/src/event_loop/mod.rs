@@ -287,13 +287,18 @@ impl EventLoop {
         let now = crate::clock::now();
         for id in self.book.sweep(now) {
             tracing::debug!(offer = %id, "offer expired");
-            self.book_event(id, None, 0, false);
-            self.writer.remove(id);
+            self.offer_left(id, None, 0);
         }
         self.metrics.offers_known.set(self.book.len() as i64);
         self.metrics.peers.set(self.swarm.connected_peers().count() as i64);
         self.peers.expire_bans(&mut self.swarm);
         self.dial_bootstrap();
+    }
+
+    /// An offer left the book (withdrawn or expired): tell subscribers, drop it from the store.
+    pub(super) fn offer_left(&self, id: gpumesh_protocol::OfferId, provider: Option<NodeId>, seq: u64) {
+        self.book_event(id, provider, seq, false);
+        self.writer.remove(id);
     }
 
     /// Tells subscribers about a book change (cheap when nobody listens).

@@ -247,7 +247,7 @@ impl Index {
         latency_weight: f64,
         limit: usize,
         now: Timestamp,
-        latency: &dyn Fn(&NodeId) -> Option<u32>,
+        latency: LatencyFn<'_>,
     ) -> Vec<Scored<'a>> {
         let w = effective_weight(latency_weight);
         let mut best = TopK::new(limit, key, w);
