@@ -528,6 +528,36 @@ impl NumericTerm {
         }
     }
 
+    /// The field the term compares.
+    pub fn field(&self) -> Field {
+        self.field
+    }
+
+    /// The term as an inclusive range `lo..=hi` of the field's raw value (as
+    /// [`OfferNumbers`] holds it: MiB of RAM, seconds of duration), for testing a column of
+    /// values without scaling each one; `lo > hi` when no value can hold. `None` for `!=`,
+    /// `in` and `notin`, which are not one range: use [`NumericTerm::test`].
+    pub fn range(&self) -> Option<(u64, u64)> {
+        const EMPTY: (u64, u64) = (1, 0);
+        let scale = match self.field {
+            Field::Ram | Field::Duration => Decimal::ONE as u128,
+            _ => 1,
+        };
+        let r = *self.rhs.first()?;
+        let (floor, ceil) = (r / scale, r.div_ceil(scale));
+        let fit = |v: u128| u64::try_from(v).ok();
+        Some(match self.op {
+            Op::Eq if r % scale == 0 => fit(floor).map_or(EMPTY, |v| (v, v)),
+            Op::Eq => EMPTY,
+            Op::Lt if ceil == 0 => EMPTY,
+            Op::Lt => (0, fit(ceil - 1).unwrap_or(u64::MAX)),
+            Op::Le => (0, fit(floor).unwrap_or(u64::MAX)),
+            Op::Gt => fit(floor + 1).map_or(EMPTY, |lo| (lo, u64::MAX)),
+            Op::Ge => fit(ceil).map_or(EMPTY, |lo| (lo, u64::MAX)),
+            Op::Ne | Op::Contains | Op::In | Op::NotIn => return None,
+        })
+    }
+
     /// Whether the term holds for an offer with these numbers.
     #[inline]
     pub fn test(&self, n: &OfferNumbers) -> bool {

@@ -109,6 +109,43 @@ fn expired_offers_are_hidden_at_read_time_and_swept() {
     assert_eq!(b.providers(), 0);
 }
 
+#[test]
+fn recorded_latencies_rank_and_filter_offers_held_before_and_after() {
+    use gpumesh_protocol::query::Query;
+    use gpumesh_protocol::rank::SortKey;
+    let mut b = OfferBook::new(BookConfig::default());
+    let (ka, kb, kc) = (key(1), key(2), key(3));
+    let (a, bb, c) = (id_of(&ka), id_of(&kb), id_of(&kc));
+    for k in [&ka, &kb] {
+        b.insert(Verified::seal(k, offer(k, "H100-SXM-80GB", 1, NOW)), NOW).unwrap();
+    }
+    let order = |b: &OfferBook, q: &str| -> Vec<(NodeId, Option<u32>)> {
+        let q = Query::parse(q).unwrap();
+        b.search(&q, SortKey::Latency, 0.5, 10, NOW)
+            .iter()
+            .map(|s| (s.candidate.offer.provider, s.candidate.latency_ms))
+            .collect()
+    };
+    // Nothing measured: no offer passes a latency term.
+    assert!(order(&b, "latency<1000").is_empty());
+    b.set_latency(a, Some(50));
+    b.set_latency(bb, Some(5));
+    assert_eq!(order(&b, ""), vec![(bb, Some(5)), (a, Some(50))]);
+    assert_eq!(order(&b, "latency<10"), vec![(bb, Some(5))]);
+    // A new measurement moves every offer of the provider.
+    b.set_latency(a, Some(1));
+    assert_eq!(order(&b, ""), vec![(a, Some(1)), (bb, Some(5))]);
+    // Measured before its offers arrive: they come in with it.
+    b.set_latency(c, Some(0));
+    b.insert(Verified::seal(&kc, offer(&kc, "H100-SXM-80GB", 1, NOW)), NOW).unwrap();
+    assert_eq!(b.latency(&c), Some(0));
+    assert_eq!(order(&b, "")[0], (c, Some(0)));
+    // Forgotten (disconnected): unmeasured, ranked last, filtered out by latency terms.
+    b.set_latency(c, None);
+    assert_eq!(order(&b, "").last(), Some(&(c, None)));
+    assert_eq!(order(&b, "latency<=1"), vec![(a, Some(1))]);
+}
+
 mod search {
     use super::*;
     use gpumesh_protocol::query::Query;
@@ -205,8 +242,11 @@ mod search {
             let q = Query::parse(&queries[qi]).unwrap();
             let now = NOW.plus_millis(at);
             let lat = |n: &NodeId| (!n.as_bytes()[0].is_multiple_of(3)).then_some(u32::from(n.as_bytes()[1] % 10));
+            for k in &keys {
+                book.set_latency(id_of(k), lat(&id_of(k)));
+            }
             let fast: Vec<(OfferId, String)> = book
-                .search(&q, sort, 0.5, limit, now, &lat)
+                .search(&q, sort, 0.5, limit, now)
                 .into_iter()
                 .map(|s| (s.candidate.offer.offer_id, if sort == SortKey::Score { format!("{:.9}", s.score) } else { String::new() }))
                 .collect();

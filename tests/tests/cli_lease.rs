@@ -44,6 +44,14 @@ async fn probe_then_lease_best_skips_a_provider_that_rejects() -> Result<()> {
     })
     .await?;
     assert_eq!(offers[0]["price"], 1.5, "sorted by price: {offers:?}");
+    // The book filters and ranks by the latencies the node measured.
+    let near = json(&r_dir, &["offers", "gpu=h100", "latency<60000", "--sort", "latency", "--json"])
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default();
+    assert_eq!(near.len(), 2, "both providers are measured: {near:?}");
+    // Ranked by whole milliseconds.
+    let ms = |o: &Value| o["latency_ms"].as_f64().map(f64::round);
+    assert!(ms(&near[0]) <= ms(&near[1]), "{near:?}");
 
     let (code, out, err) = gpumesh(
         &r_dir,

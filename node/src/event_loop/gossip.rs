@@ -176,8 +176,7 @@ impl EventLoop {
     /// Runs a search over the in-memory book's index.
     pub(super) fn search(&self, s: &Search) -> Vec<OfferView> {
         let now = crate::clock::now();
-        let latency = |p: &gpumesh_protocol::NodeId| self.latency_ms(p).map(|ms| ms.round() as u32);
-        let hits = self.book.search(&s.query, s.sort, s.latency_weight, s.limit, now, &latency);
+        let hits = self.book.search(&s.query, s.sort, s.latency_weight, s.limit, now);
         self.views(hits, s)
     }
 

@@ -88,10 +88,12 @@ pub(crate) struct EventLoopParts {
 impl EventLoop {
     pub(crate) fn new(p: EventLoopParts) -> EventLoop {
         let peer_id = *p.swarm.local_peer_id();
-        let book = OfferBook::new(BookConfig {
+        let mut book = OfferBook::new(BookConfig {
             max_offers_per_provider: p.settings.max_offers_per_provider,
             tombstone_ttl_ms: p.settings.max_offer_ttl.as_millis() as u64,
         });
+        // Searches rank by the latencies the book holds; our own offers are 0 ms away.
+        book.set_latency(p.me, Some(0));
         let topic = crate::net::offers_topic(&p.settings.network);
         let peers = PeerState::new(&p.settings);
         EventLoop {

@@ -144,6 +144,9 @@ impl EventLoop {
         if remaining == 0 {
             tracing::debug!(peer = %peer, "disconnected");
             self.peers.rtt.remove(&peer);
+            if let Some(node) = crate::net::node_id_of(&peer) {
+                self.book.set_latency(node, None);
+            }
         }
     }
 
@@ -174,6 +177,10 @@ impl EventLoop {
     pub(super) fn handle_ping_event(&mut self, e: ping::Event) {
         if let Ok(rtt) = e.result {
             self.peers.rtt.insert(e.peer, rtt);
+            if let Some(node) = crate::net::node_id_of(&e.peer) {
+                // The book ranks and filters by whole milliseconds, as the API shows them.
+                self.book.set_latency(node, Some((rtt.as_secs_f64() * 1000.0).round() as u32));
+            }
             self.complete_probe(e.peer);
         }
     }

@@ -1,12 +1,14 @@
-//! The offer book's in-memory index: offers in a slab, compact rows grouped by GPU spec, and
-//! interned providers and regions, so a search scans a few dozen bytes per offer and
-//! evaluates each term only as often as its value can differ (once per GPU group, provider or
-//! region; numeric terms once per offer).
+//! The offer book's in-memory index: offers in a slab, their searchable values grouped by GPU
+//! spec and stored column by column, and interned providers and regions. A search evaluates
+//! each term only as often as its value can differ (once per GPU group, provider or region;
+//! numeric terms once per offer, as a range test over one column, so it reads a few bytes
+//! per offer). Each row also carries its provider's measured latency, so ranking by latency
+//! reads nothing beyond the columns.
 
 use crate::envelope::Verified;
 use crate::id::{NodeId, OfferId};
 use crate::offer::Offer;
-use crate::query::{Fields, NumericTerm, OfferNumbers, Query, Scope, Term};
+use crate::query::{Field, Fields, OfferNumbers, Query, Scope, Term};
 use crate::rank::{Candidate, Ranges, Scored, SortKey, cmp_latency, compare, effective_weight};
 use crate::spec::{ComputeCapability, Interconnect};
 use crate::time::Timestamp;
@@ -14,8 +16,8 @@ use std::cmp::Ordering;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::hash::Hash;
 
-/// The measured RTT to a provider, in milliseconds, if any.
-type LatencyFn<'a> = &'a dyn Fn(&NodeId) -> Option<u32>;
+/// A row's latency when its provider's round trip has not been measured.
+const NO_LATENCY: u32 = u32::MAX;
 
 /// What the spec-scope terms of a query look at.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -37,7 +39,7 @@ impl SpecKey {
     }
 }
 
-/// The per-offer values numeric terms compare, and where the offer lives.
+/// The per-offer values terms compare, and where the offer lives: one row of [`Columns`].
 #[derive(Clone, Copy, Debug)]
 struct Row {
     nums: OfferNumbers,
@@ -45,12 +47,106 @@ struct Row {
     provider: u32,
     region: u32,
     slot: u32,
+    /// The provider's measured RTT in ms, or [`NO_LATENCY`].
+    latency: u32,
+}
+
+/// The rows of one GPU group, column by column (row `i` is element `i` of each), so a term
+/// reads only its own column.
+#[derive(Debug, Default)]
+struct Columns {
+    gpu_free: Vec<u32>,
+    cpu_cores: Vec<u32>,
+    price: Vec<u64>,
+    ram_mib: Vec<u64>,
+    disk_gib: Vec<u64>,
+    duration_s: Vec<u64>,
+    expires_at: Vec<u64>,
+    provider: Vec<u32>,
+    region: Vec<u32>,
+    slot: Vec<u32>,
+    latency: Vec<u32>,
+}
+
+impl Columns {
+    fn len(&self) -> usize {
+        self.slot.len()
+    }
+
+    fn push(&mut self, r: Row) {
+        self.gpu_free.push(r.nums.gpu_free);
+        self.cpu_cores.push(r.nums.cpu_cores);
+        self.price.push(r.nums.price_micros);
+        self.ram_mib.push(r.nums.ram_mib);
+        self.disk_gib.push(r.nums.disk_gib);
+        self.duration_s.push(r.nums.max_duration_s);
+        self.expires_at.push(r.expires_at.0);
+        self.provider.push(r.provider);
+        self.region.push(r.region);
+        self.slot.push(r.slot);
+        self.latency.push(r.latency);
+    }
+
+    /// Removes row `i`, moving the last row into its place; returns it.
+    fn swap_remove(&mut self, i: usize) -> Row {
+        Row {
+            nums: OfferNumbers {
+                gpu_free: self.gpu_free.swap_remove(i),
+                cpu_cores: self.cpu_cores.swap_remove(i),
+                price_micros: self.price.swap_remove(i),
+                ram_mib: self.ram_mib.swap_remove(i),
+                disk_gib: self.disk_gib.swap_remove(i),
+                max_duration_s: self.duration_s.swap_remove(i),
+            },
+            expires_at: Timestamp(self.expires_at.swap_remove(i)),
+            provider: self.provider.swap_remove(i),
+            region: self.region.swap_remove(i),
+            slot: self.slot.swap_remove(i),
+            latency: self.latency.swap_remove(i),
+        }
+    }
+
+    fn nums(&self, i: usize) -> OfferNumbers {
+        OfferNumbers {
+            gpu_free: self.gpu_free[i],
+            cpu_cores: self.cpu_cores[i],
+            price_micros: self.price[i],
+            ram_mib: self.ram_mib[i],
+            disk_gib: self.disk_gib[i],
+            max_duration_s: self.duration_s[i],
+        }
+    }
+
+    fn latency_ms(&self, i: usize) -> Option<u32> {
+        let l = self.latency[i];
+        (l != NO_LATENCY).then_some(l)
+    }
+
+    /// Clears `keep[i]` for every row whose value of `field` is outside `lo..=hi`.
+    fn narrow(&self, keep: &mut [bool], field: Field, lo: u64, hi: u64) {
+        fn within<T: Copy + Into<u64>>(keep: &mut [bool], col: &[T], lo: u64, hi: u64) {
+            for (k, v) in keep.iter_mut().zip(col) {
+                let v: u64 = (*v).into();
+                *k &= (lo <= v) & (v <= hi);
+            }
+        }
+        match field {
+            Field::Count => within(keep, &self.gpu_free, lo, hi),
+            Field::Cpu => within(keep, &self.cpu_cores, lo, hi),
+            Field::Price => within(keep, &self.price, lo, hi),
+            Field::Ram => within(keep, &self.ram_mib, lo, hi),
+            Field::Disk => within(keep, &self.disk_gib, lo, hi),
+            Field::Duration => within(keep, &self.duration_s, lo, hi),
+            // Not an offer-scope field: `NumericTerm`s are only built for those.
+            _ => {}
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Group {
     key: SpecKey,
-    rows: Vec<Row>,
+    rows: Columns,
 }
 
 #[derive(Debug)]
@@ -130,6 +226,9 @@ pub(super) struct Index {
     providers: Interner<NodeId>,
     regions: Interner<String>,
     by_provider: HashMap<NodeId, BTreeSet<OfferId>>,
+    /// Measured RTTs, ms, of providers (held or not): every row of a provider carries its
+    /// value.
+    latencies: HashMap<NodeId, u32>,
 }
 
 impl Index {
@@ -170,7 +269,7 @@ impl Index {
         let group = match self.group_of.get(&key) {
             Some(&g) => g,
             None => {
-                let g = Group { key: key.clone(), rows: Vec::new() };
+                let g = Group { key: key.clone(), rows: Columns::default() };
                 let ix = match self.free_groups.pop() {
                     Some(ix) => {
                         self.groups[ix as usize] = Some(g);
@@ -198,6 +297,7 @@ impl Index {
             provider: self.providers.acquire(&offer.provider),
             region: self.regions.acquire(&offer.host.region),
             slot,
+            latency: self.latencies.get(&offer.provider).copied().unwrap_or(NO_LATENCY),
         };
         let rows = &mut self.groups[group as usize].as_mut().expect("group just found or made").rows;
         rows.push(row);
@@ -214,12 +314,12 @@ impl Index {
         self.free_slots.push(slot_ix);
         let group = self.groups[slot.group as usize].as_mut().expect("a slot's group exists");
         let row = group.rows.swap_remove(slot.pos as usize);
-        if let Some(moved) = group.rows.get(slot.pos as usize)
-            && let Some(s) = self.slots[moved.slot as usize].as_mut()
+        if let Some(&moved) = group.rows.slot.get(slot.pos as usize)
+            && let Some(s) = self.slots[moved as usize].as_mut()
         {
             s.pos = slot.pos;
         }
-        if group.rows.is_empty() {
+        if group.rows.len() == 0 {
             let key = group.key.clone();
             self.group_of.remove(&key);
             self.groups[slot.group as usize] = None;
@@ -237,9 +337,34 @@ impl Index {
         Some(slot.offer)
     }
 
-    /// The offers not expired at `now` that match `query`, ranked by `key`, at most `limit`.
-    /// `latency` gives the measured RTT to a provider, if any. Scores are computed for
-    /// [`SortKey::Score`] only (0 otherwise).
+    /// Records a provider's measured RTT in ms (`None`: not measured, e.g. disconnected) and
+    /// writes it into the rows of the provider's offers.
+    pub(super) fn set_latency(&mut self, provider: NodeId, latency_ms: Option<u32>) {
+        let v = latency_ms.map_or(NO_LATENCY, |ms| ms.min(NO_LATENCY - 1));
+        let changed = match latency_ms {
+            Some(_) => self.latencies.insert(provider, v) != Some(v),
+            None => self.latencies.remove(&provider).is_some(),
+        };
+        if !changed {
+            return;
+        }
+        for id in self.by_provider.get(&provider).into_iter().flatten() {
+            if let Some(slot) = self.by_id.get(id).and_then(|s| self.slots[*s as usize].as_ref())
+                && let Some(group) = self.groups[slot.group as usize].as_mut()
+            {
+                group.rows.latency[slot.pos as usize] = v;
+            }
+        }
+    }
+
+    /// The provider's measured RTT in ms, as last recorded.
+    pub(super) fn latency(&self, provider: &NodeId) -> Option<u32> {
+        self.latencies.get(provider).copied()
+    }
+
+    /// The offers not expired at `now` that match `query`, ranked by `key`, at most `limit`,
+    /// with providers' latencies as recorded by [`Index::set_latency`]. Scores are computed
+    /// for [`SortKey::Score`] only (0 otherwise).
     pub(super) fn search<'a>(
         &'a self,
         query: &Query,
@@ -247,7 +372,6 @@ impl Index {
         latency_weight: f64,
         limit: usize,
         now: Timestamp,
-        latency: LatencyFn<'_>,
     ) -> Vec<Scored<'a>> {
         let w = effective_weight(latency_weight);
         let mut best = TopK::new(limit, key, w);
@@ -258,8 +382,8 @@ impl Index {
             SortKey::Score => {
                 // Scores are normalised over every match: collect, then score and select.
                 let mut matched: Vec<(u32, u64, Option<u32>)> = Vec::new();
-                self.scan(query, now, Some(latency), &mut |row, lat| {
-                    matched.push((row.slot, row.nums.price_micros, lat))
+                self.scan(query, now, |rows, i| {
+                    matched.push((rows.slot[i], rows.price[i], rows.latency_ms(i)))
                 });
                 let ranges = Ranges::of(matched.iter().map(|m| (m.1, m.2)));
                 for (slot, price, lat) in matched {
@@ -273,24 +397,11 @@ impl Index {
                 }
             }
             SortKey::Price | SortKey::Latency => {
-                // With nothing filtering on the provider, a price sort looks a latency up only
-                // for rows whose price can still make the top `limit` (a lookup per provider
-                // is most of a scan).
-                let lazy = key == SortKey::Price
-                    && !query.terms().iter().any(|t| t.field().scope() == Scope::Provider);
-                self.scan(query, now, (!lazy).then_some(latency), &mut |row, lat| {
-                    let price = row.nums.price_micros;
-                    let lat = if lazy {
-                        if !best.price_may_beat(price) {
-                            return;
-                        }
-                        latency(self.providers.get(row.provider))
-                    } else {
-                        lat
-                    };
+                self.scan(query, now, |rows, i| {
+                    let (price, lat) = (rows.price[i], rows.latency_ms(i));
                     if best.beats_worst(0.0, price, lat) {
                         best.offer(Scored {
-                            candidate: Candidate { offer: self.offer_at(row.slot), latency_ms: lat },
+                            candidate: Candidate { offer: self.offer_at(rows.slot[i]), latency_ms: lat },
                             score: 0.0,
                         });
                     }
@@ -304,52 +415,63 @@ impl Index {
         self.slots[slot as usize].as_ref().expect("a row's slot is live").offer.body()
     }
 
-    /// Calls `emit` with every row not expired at `now` that matches `query`, and the
-    /// provider's latency (`None` throughout when `latency` is `None`, which callers may pass
-    /// only for queries without provider-scope terms). Spec terms are evaluated once per
-    /// group, provider and latency terms once per provider, region terms once per region, the
-    /// rest per row.
-    fn scan(
-        &self,
-        query: &Query,
-        now: Timestamp,
-        latency: Option<LatencyFn<'_>>,
-        emit: &mut dyn FnMut(&Row, Option<u32>),
-    ) {
+    /// Calls `emit` with every row (its group's columns and its position) not expired at
+    /// `now` that matches `query`. Spec terms are evaluated once per group; numeric terms
+    /// that are a range (all but `!=`, `in`, `notin`) and the expiry as one pass over their
+    /// column per group; provider and latency terms once per provider (every row of a
+    /// provider carries the same latency); region terms once per region; the rest per row.
+    fn scan(&self, query: &Query, now: Timestamp, mut emit: impl FnMut(&Columns, usize)) {
         let by_scope = |scope: Scope| -> Vec<&Term> {
             query.terms().iter().filter(|t| t.field().scope() == scope).collect()
         };
         let (spec_terms, provider_terms, region_terms) =
             (by_scope(Scope::Spec), by_scope(Scope::Provider), by_scope(Scope::Region));
-        let numeric: Vec<NumericTerm> = by_scope(Scope::Offer).iter().filter_map(|t| t.numeric()).collect();
-        let mut provider_cache: Vec<Option<(Option<u32>, bool)>> =
-            if latency.is_some() { vec![None; self.providers.capacity()] } else { Vec::new() };
-        let mut region_cache: Vec<Option<bool>> = vec![None; self.regions.capacity()];
+        let (mut ranges, mut per_row) = (Vec::new(), Vec::new());
+        for t in by_scope(Scope::Offer).iter().filter_map(|t| t.numeric()) {
+            match t.range() {
+                Some((lo, hi)) => ranges.push((t.field(), lo, hi)),
+                None => per_row.push(t),
+            }
+        }
+        let mut provider_cache: Vec<Option<bool>> =
+            if provider_terms.is_empty() { Vec::new() } else { vec![None; self.providers.capacity()] };
+        let mut region_cache: Vec<Option<bool>> =
+            if region_terms.is_empty() { Vec::new() } else { vec![None; self.regions.capacity()] };
+        let mut keep: Vec<bool> = Vec::new();
         for group in self.groups.iter().flatten() {
-            let Some(first) = group.rows.first() else { continue };
-            let view = |row: &'_ Row| RowView { index: self, group, row: *row };
-            if !spec_terms.iter().all(|t| t.matches(&view(first), None)) {
+            let rows = &group.rows;
+            if rows.len() == 0 {
                 continue;
             }
-            for row in &group.rows {
-                if row.expires_at <= now {
+            let view = |i: usize| RowView { index: self, group, i };
+            if !spec_terms.iter().all(|t| t.matches(&view(0), None)) {
+                continue;
+            }
+            keep.clear();
+            keep.extend(rows.expires_at.iter().map(|&e| e > now.0));
+            for &(field, lo, hi) in &ranges {
+                rows.narrow(&mut keep, field, lo, hi);
+            }
+            for (i, _) in keep.iter().enumerate().filter(|(_, k)| **k) {
+                if !provider_terms.is_empty() {
+                    let lat = rows.latency_ms(i);
+                    let ok = provider_cache[rows.provider[i] as usize]
+                        .get_or_insert_with(|| provider_terms.iter().all(|t| t.matches(&view(i), lat)));
+                    if !*ok {
+                        continue;
+                    }
+                }
+                if !region_terms.is_empty()
+                    && !*region_cache[rows.region[i] as usize]
+                        .get_or_insert_with(|| region_terms.iter().all(|t| t.matches(&view(i), None)))
+                {
                     continue;
                 }
-                let v = view(row);
-                let (lat, ok) = match latency {
-                    None => (None, true),
-                    Some(latency) => *provider_cache[row.provider as usize].get_or_insert_with(|| {
-                        let lat = latency(self.providers.get(row.provider));
-                        (lat, provider_terms.iter().all(|t| t.matches(&v, lat)))
-                    }),
-                };
-                if !ok {
-                    continue;
-                }
-                let region_ok = *region_cache[row.region as usize]
-                    .get_or_insert_with(|| region_terms.iter().all(|t| t.matches(&v, lat)));
-                if region_ok && numeric.iter().all(|t| t.test(&row.nums)) {
-                    emit(row, lat);
+                if per_row.is_empty() || {
+                    let nums = rows.nums(i);
+                    per_row.iter().all(|t| t.test(&nums))
+                } {
+                    emit(rows, i);
                 }
             }
         }
@@ -400,27 +522,21 @@ impl<'a> TopK<'a> {
     fn beats_worst(&self, score: f64, price: u64, latency_ms: Option<u32>) -> bool {
         let Some(worst) = self.heap.peek().filter(|_| self.heap.len() >= self.limit) else { return true };
         let (wc, w) = (&worst.s.candidate, &worst.s);
-        let by_price = price.cmp(&wc.offer.price.0);
-        let by_latency = cmp_latency(latency_ms, wc.latency_ms);
+        let by_price = || price.cmp(&wc.offer.price.0);
+        let by_latency = || cmp_latency(latency_ms, wc.latency_ms);
         let ord = match self.key {
-            SortKey::Price => by_price.then(by_latency),
-            SortKey::Latency => by_latency.then(by_price),
+            SortKey::Price => by_price().then_with(by_latency),
+            SortKey::Latency => by_latency().then_with(by_price),
             SortKey::Score => {
                 let measured_first = if self.w > 0.0 {
                     wc.latency_ms.is_some().cmp(&latency_ms.is_some())
                 } else {
                     Ordering::Equal
                 };
-                score.total_cmp(&w.score).then(measured_first).then(by_price).then(by_latency)
+                score.total_cmp(&w.score).then(measured_first).then_with(by_price).then_with(by_latency)
             }
         };
         ord != Ordering::Greater
-    }
-
-    /// Whether a candidate at `price` may still rank before the worst kept one under
-    /// [`SortKey::Price`] (ties on price are settled by latency, so they may).
-    fn price_may_beat(&self, price: u64) -> bool {
-        self.heap.len() < self.limit || self.heap.peek().is_none_or(|w| price <= w.s.candidate.offer.price.0)
     }
 
     fn offer(&mut self, s: Scored<'a>) {
@@ -443,7 +559,7 @@ impl<'a> TopK<'a> {
 struct RowView<'a> {
     index: &'a Index,
     group: &'a Group,
-    row: Row,
+    i: usize,
 }
 
 impl Fields for RowView<'_> {
@@ -460,27 +576,27 @@ impl Fields for RowView<'_> {
         self.group.key.interconnect
     }
     fn gpu_free(&self) -> u32 {
-        self.row.nums.gpu_free
+        self.group.rows.gpu_free[self.i]
     }
     fn price_micros(&self) -> u64 {
-        self.row.nums.price_micros
+        self.group.rows.price[self.i]
     }
     fn region(&self) -> &str {
-        self.index.regions.get(self.row.region)
+        self.index.regions.get(self.group.rows.region[self.i])
     }
     fn provider(&self) -> &NodeId {
-        self.index.providers.get(self.row.provider)
+        self.index.providers.get(self.group.rows.provider[self.i])
     }
     fn cpu_cores(&self) -> u32 {
-        self.row.nums.cpu_cores
+        self.group.rows.cpu_cores[self.i]
     }
     fn ram_mib(&self) -> u64 {
-        self.row.nums.ram_mib
+        self.group.rows.ram_mib[self.i]
     }
     fn disk_gib(&self) -> u64 {
-        self.row.nums.disk_gib
+        self.group.rows.disk_gib[self.i]
     }
     fn max_duration_s(&self) -> u64 {
-        self.row.nums.max_duration_s
+        self.group.rows.duration_s[self.i]
     }
 }

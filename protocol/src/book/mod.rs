@@ -182,10 +182,10 @@ impl OfferBook {
 
     /// The offers not expired at `now` that match `query`, best first by `key` (see
     /// [`crate::rank`]), at most `limit`, with their scores (computed for
-    /// [`SortKey::Score`] only; 0 otherwise). `latency` gives the measured
-    /// round trip to a provider in ms, if any. Served from the index: spec, provider and
-    /// region terms are evaluated once per GPU group, provider and region, numeric terms on
-    /// compact rows, and only the best `limit` are sorted.
+    /// [`SortKey::Score`] only; 0 otherwise). Latency is each provider's as recorded with
+    /// [`OfferBook::set_latency`]. Served from the index: spec, provider and region terms are
+    /// evaluated once per GPU group, provider and region, numeric terms on compact rows, and
+    /// only the best `limit` are sorted.
     pub fn search(
         &self,
         query: &Query,
@@ -193,9 +193,20 @@ impl OfferBook {
         latency_weight: f64,
         limit: usize,
         now: Timestamp,
-        latency: &dyn Fn(&NodeId) -> Option<u32>,
     ) -> Vec<Scored<'_>> {
-        self.index.search(query, key, latency_weight, limit, now, latency)
+        self.index.search(query, key, latency_weight, limit, now)
+    }
+
+    /// Records the measured round trip to a provider in ms, which searches rank and filter
+    /// by; `None` forgets it (e.g. once disconnected). Kept for providers with no offer yet,
+    /// so call it with `None` when a measurement no longer holds.
+    pub fn set_latency(&mut self, provider: NodeId, latency_ms: Option<u32>) {
+        self.index.set_latency(provider, latency_ms);
+    }
+
+    /// The round trip to a provider in ms, as last recorded with [`OfferBook::set_latency`].
+    pub fn latency(&self, provider: &NodeId) -> Option<u32> {
+        self.index.latency(provider)
     }
 
     /// Number of offers held (expired ones included until the next sweep).

@@ -497,7 +497,22 @@ mod numeric {
             let t = &q.terms()[0];
             let o = offer(free, cpu, price, ram, disk, dur);
             let compiled = t.numeric().expect("offer-scope terms compile");
-            prop_assert_eq!(compiled.test(&OfferNumbers::of(&o)), t.matches(&o, None));
+            let n = OfferNumbers::of(&o);
+            prop_assert_eq!(compiled.test(&n), t.matches(&o, None));
+            // As a range over the raw value, where the term is one.
+            if let Some((lo, hi)) = compiled.range() {
+                let raw = match field {
+                    "count" => u64::from(n.gpu_free),
+                    "cpu" => u64::from(n.cpu_cores),
+                    "disk" => n.disk_gib,
+                    "price" => n.price_micros,
+                    "ram" => n.ram_mib,
+                    _ => n.max_duration_s,
+                };
+                prop_assert_eq!(lo <= raw && raw <= hi, compiled.test(&n), "{} {:?}", raw, (lo, hi));
+            } else {
+                prop_assert!(matches!(op.trim(), "!=" | "in" | "notin"));
+            }
         }
     }
 }
