@@ -19,6 +19,7 @@
 //! - [`views`]: the JSON shapes the API returns.
 //! - [`api`]: the local HTTP/JSON API.
 //! - [`node`]: [`start`] and [`run`]: wiring it all together, and shutdown.
+pub mod alloc;
 pub mod api;
 pub mod clock;
 pub mod config;

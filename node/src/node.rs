@@ -266,6 +266,7 @@ pub async fn run(
     config: NodeConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), NodeError> {
+    crate::alloc::limit_arenas();
     let node = start(data_dir, config).await?;
     tracing::info!(peer_id = %node.peer_id, api = %node.api, "node running");
     shutdown.await;
