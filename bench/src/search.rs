@@ -85,7 +85,7 @@ pub fn run(args: &Args) -> Result<SuiteResult> {
             let t = Instant::now();
             let hits = book.search(&q, sort, W, LIMIT, now);
             ours.push(t.elapsed());
-            ours_ids = hits.iter().map(|h| h.candidate.offer.offer_id.as_bytes().to_vec()).collect();
+            ours_ids = hits.iter().map(|h| h.offer.offer_id.as_bytes().to_vec()).collect();
 
             let t = Instant::now();
             let ids: Vec<Vec<u8>> = stmt

@@ -345,6 +345,19 @@ impl<T: Body> Verified<T> {
     }
 }
 
+impl<T: Body> Verified<T> {
+    /// Decodes envelope bytes that came out of [`open`] (or [`Verified::seal`]) before and were
+    /// kept, without verifying the signature again: the offer book keeps only the bytes of
+    /// what it admitted. `None` if they do not decode, which cannot happen for such bytes.
+    pub(crate) fn reopen(bytes: Arc<[u8]>) -> Option<Verified<T>> {
+        let (body, signer) = {
+            let raw = RawEnvelope::parse(&bytes).ok()?;
+            (decode_body::<T>(raw.body).ok()?, raw.signer)
+        };
+        Some(Verified { body, signer, bytes })
+    }
+}
+
 impl<T> Verified<T> {
     /// The verified body.
     pub fn body(&self) -> &T {

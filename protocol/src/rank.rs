@@ -27,6 +27,7 @@
 //! Scores are relative to the set: the same offer can score differently among other offers.
 //! Floats are used only here, for ordering and display; no price is ever rounded through them.
 
+use crate::id::{NodeId, OfferId};
 use crate::offer::Offer;
 use std::cmp::Ordering;
 use std::fmt;
@@ -188,30 +189,57 @@ pub fn top<'a>(cands: &[Candidate<'a>], key: SortKey, latency_weight: f64, limit
 /// The total order of [`ranked`] (`w` already [`effective_weight`]; scores only matter for
 /// [`SortKey::Score`]).
 pub fn compare(key: SortKey, w: f64, a: &Scored<'_>, b: &Scored<'_>) -> Ordering {
-    match key {
-        SortKey::Price => tie_break(&a.candidate, &b.candidate),
-        SortKey::Latency => cmp_latency(a.candidate.latency_ms, b.candidate.latency_ms)
-            .then_with(|| tie_break(&a.candidate, &b.candidate)),
-        SortKey::Score => {
-            let by_score = a.score.total_cmp(&b.score);
-            let measured_first = if w > 0.0 {
-                b.candidate.latency_ms.is_some().cmp(&a.candidate.latency_ms.is_some())
-            } else {
-                Ordering::Equal
-            };
-            by_score.then(measured_first).then_with(|| tie_break(&a.candidate, &b.candidate))
+    compare_keys(key, w, &RankKey::of(a), &RankKey::of(b))
+}
+
+/// What the ranking order reads of a scored candidate: enough to order offers without
+/// holding them decoded (the book's index ranks its rows with it).
+#[derive(Clone, Copy, Debug)]
+pub struct RankKey<'a> {
+    pub score: f64,
+    pub price_micros: u64,
+    pub latency_ms: Option<u32>,
+    pub offer_id: &'a OfferId,
+    pub provider: &'a NodeId,
+    pub seq: u64,
+}
+
+impl<'a> RankKey<'a> {
+    /// The key of a scored candidate.
+    pub fn of(s: &Scored<'a>) -> RankKey<'a> {
+        let o = s.candidate.offer;
+        RankKey {
+            score: s.score,
+            price_micros: o.price.0,
+            latency_ms: s.candidate.latency_ms,
+            offer_id: &o.offer_id,
+            provider: &o.provider,
+            seq: o.seq,
         }
     }
 }
 
-fn tie_break(a: &Candidate<'_>, b: &Candidate<'_>) -> Ordering {
-    a.offer
-        .price
-        .cmp(&b.offer.price)
+/// [`compare`] on keys.
+pub fn compare_keys(key: SortKey, w: f64, a: &RankKey<'_>, b: &RankKey<'_>) -> Ordering {
+    match key {
+        SortKey::Price => tie_break(a, b),
+        SortKey::Latency => cmp_latency(a.latency_ms, b.latency_ms).then_with(|| tie_break(a, b)),
+        SortKey::Score => {
+            let by_score = a.score.total_cmp(&b.score);
+            let measured_first =
+                if w > 0.0 { b.latency_ms.is_some().cmp(&a.latency_ms.is_some()) } else { Ordering::Equal };
+            by_score.then(measured_first).then_with(|| tie_break(a, b))
+        }
+    }
+}
+
+fn tie_break(a: &RankKey<'_>, b: &RankKey<'_>) -> Ordering {
+    a.price_micros
+        .cmp(&b.price_micros)
         .then_with(|| cmp_latency(a.latency_ms, b.latency_ms))
-        .then_with(|| a.offer.offer_id.as_bytes().cmp(b.offer.offer_id.as_bytes()))
-        .then_with(|| a.offer.provider.cmp(&b.offer.provider))
-        .then_with(|| b.offer.seq.cmp(&a.offer.seq))
+        .then_with(|| a.offer_id.as_bytes().cmp(b.offer_id.as_bytes()))
+        .then_with(|| a.provider.cmp(b.provider))
+        .then_with(|| b.seq.cmp(&a.seq))
 }
 
 /// Lower latency first; unknown after every known latency.

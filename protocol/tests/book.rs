@@ -123,7 +123,7 @@ fn recorded_latencies_rank_and_filter_offers_held_before_and_after() {
         let q = Query::parse(q).unwrap();
         b.search(&q, SortKey::Latency, 0.5, 10, NOW)
             .iter()
-            .map(|s| (s.candidate.offer.provider, s.candidate.latency_ms))
+            .map(|s| (s.offer.provider, s.latency_ms))
             .collect()
     };
     // Nothing measured: no offer passes a latency term.
@@ -174,16 +174,17 @@ mod search {
         Verified::seal(k, o)
     }
 
-    fn naive<'a>(
-        book: &'a OfferBook,
+    fn naive(
+        book: &OfferBook,
         q: &Query,
         key: SortKey,
         limit: usize,
         now: Timestamp,
         lat: &dyn Fn(&NodeId) -> Option<u32>,
     ) -> Vec<(OfferId, String)> {
-        let cands: Vec<Candidate<'a>> = book
-            .live(now)
+        let offers: Vec<Verified<Offer>> = book.live(now).collect();
+        let cands: Vec<Candidate<'_>> = offers
+            .iter()
             .map(|o| Candidate { offer: o.body(), latency_ms: lat(&o.provider) })
             .filter(|c| q.matches(c.offer, c.latency_ms))
             .collect();
@@ -248,7 +249,7 @@ mod search {
             let fast: Vec<(OfferId, String)> = book
                 .search(&q, sort, 0.5, limit, now)
                 .into_iter()
-                .map(|s| (s.candidate.offer.offer_id, if sort == SortKey::Score { format!("{:.9}", s.score) } else { String::new() }))
+                .map(|s| (s.offer.offer_id, if sort == SortKey::Score { format!("{:.9}", s.score) } else { String::new() }))
                 .collect();
             prop_assert_eq!(fast, naive(&book, &q, sort, limit, now, &lat));
         }

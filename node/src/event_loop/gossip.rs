@@ -177,19 +177,15 @@ impl EventLoop {
     pub(super) fn search(&self, s: &Search) -> Vec<OfferView> {
         let now = crate::clock::now();
         let hits = self.book.search(&s.query, s.sort, s.latency_weight, s.limit, now);
-        self.views(hits, s)
+        hits.iter().map(|h| self.view(&h.offer, h.score, s)).collect()
     }
 
-    fn views(&self, hits: Vec<gpumesh_protocol::rank::Scored<'_>>, s: &Search) -> Vec<OfferView> {
-        hits.into_iter()
-            .map(|r| {
-                let mut v = OfferView::new(r.candidate.offer, self.latency_ms(&r.candidate.offer.provider));
-                if s.sort == gpumesh_protocol::rank::SortKey::Score {
-                    v.score = Some(r.score);
-                }
-                v
-            })
-            .collect()
+    fn view(&self, offer: &Offer, score: f64, s: &Search) -> OfferView {
+        let mut v = OfferView::new(offer, self.latency_ms(&offer.provider));
+        if s.sort == gpumesh_protocol::rank::SortKey::Score {
+            v.score = Some(score);
+        }
+        v
     }
 
     /// Ranks a few offers (a capacity answer) like a search.
@@ -205,7 +201,10 @@ impl EventLoop {
             })
             .filter(|c| s.query.matches(c.offer, c.latency_ms))
             .collect();
-        self.views(top(&cands, s.sort, s.latency_weight, s.limit), s)
+        top(&cands, s.sort, s.latency_weight, s.limit)
+            .iter()
+            .map(|r| self.view(r.candidate.offer, r.score, s))
+            .collect()
     }
 
     /// Resolves an offer id or a unique prefix of one.
@@ -215,13 +214,13 @@ impl EventLoop {
         if p.is_empty() {
             return Err(LookupError::NotFound(prefix.into()));
         }
-        let mut matches: Vec<&Verified<Offer>> =
-            self.book.live(now).filter(|o| o.offer_id.to_string().starts_with(&p)).collect();
-        match matches.len() {
-            0 => Err(LookupError::NotFound(prefix.into())),
-            1 => Ok(matches.remove(0).clone()),
+        let matches: Vec<&gpumesh_protocol::OfferId> =
+            self.book.live_ids(now).filter(|id| id.to_string().starts_with(&p)).collect();
+        match matches[..] {
+            [] => Err(LookupError::NotFound(prefix.into())),
+            [id] => self.book.get(id, now).ok_or_else(|| LookupError::NotFound(prefix.into())),
             _ => {
-                let mut ids: Vec<String> = matches.iter().map(|o| o.offer_id.to_string()).collect();
+                let mut ids: Vec<String> = matches.iter().map(|id| id.to_string()).collect();
                 ids.sort();
                 Err(LookupError::Ambiguous { prefix: prefix.into(), matches: ids })
             }

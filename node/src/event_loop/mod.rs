@@ -276,7 +276,7 @@ impl EventLoop {
             listen_addrs: self.listen_addrs.iter().map(|a| a.clone().with(p2p.clone()).to_string()).collect(),
             api: self.api_addr.clone(),
             peers: self.swarm.connected_peers().count(),
-            offers_known: self.book.live(crate::clock::now()).count(),
+            offers_known: self.book.live_ids(crate::clock::now()).count(),
             providers_known: self.book.providers(),
             local_gpus: self.local_gpus,
             version: env!("CARGO_PKG_VERSION").into(),

@@ -106,8 +106,8 @@ impl EventLoop {
         let now = crate::clock::now();
         let mut targets: Vec<PeerId> = Vec::new();
         let mut seen = HashSet::new();
-        let providers = self.book.live(now).map(|o| o.provider).filter(|p| p != &self.me);
-        for p in providers.map(|p| crate::net::peer_id_of(&p)).chain(self.swarm.connected_peers().copied()) {
+        let providers = self.book.live_providers(now).filter(|p| *p != &self.me);
+        for p in providers.map(crate::net::peer_id_of).chain(self.swarm.connected_peers().copied()) {
             if seen.insert(p) && !self.peers.is_banned(&p) {
                 targets.push(p);
             }
@@ -213,7 +213,7 @@ impl EventLoop {
         let mut n = 0;
         for o in matched {
             // Keep the freshest copy, as the book does.
-            let current = self.book.get(&o.offer_id, now).cloned().unwrap_or(o);
+            let current = self.book.get(&o.offer_id, now).unwrap_or(o);
             if f.search.query.matches(current.body(), Some(rtt_ms.round() as u32)) {
                 n += 1;
                 f.fresh.insert(current.offer_id, current);
@@ -390,13 +390,13 @@ impl EventLoop {
                 let mut total = 0;
                 let offers: Vec<Bytes> = if ok {
                     self.book
-                        .live(now)
+                        .live_bytes(now)
                         .take(wire::MAX_SYNC_OFFERS)
-                        .take_while(|o| {
-                            total += o.bytes().len() + 8;
+                        .take_while(|b| {
+                            total += b.len() + 8;
                             total < wire::MAX_SYNC_ANSWER - 64
                         })
-                        .map(|o| Bytes(o.bytes().to_vec()))
+                        .map(|b| Bytes(b.to_vec()))
                         .collect()
                 } else {
                     tracing::debug!(peer = %peer, "refusing a sync request for another network");

@@ -1,4 +1,5 @@
-//! The offer book's in-memory index: offers in a slab, their searchable values grouped by GPU
+//! The offer book's in-memory index: offers' signed bytes in a slab (decoded again only when
+//! an offer is read, e.g. a search's top results), their searchable values grouped by GPU
 //! spec and stored column by column, and interned providers and regions. A search evaluates
 //! each term only as often as its value can differ (once per GPU group, provider or region;
 //! numeric terms once per offer, as a range test over one column, so it reads a few bytes
@@ -9,7 +10,7 @@ use crate::envelope::Verified;
 use crate::id::{NodeId, OfferId};
 use crate::offer::Offer;
 use crate::query::{Field, Fields, OfferNumbers, Query, Scope, Term};
-use crate::rank::{Candidate, Ranges, Scored, SortKey, cmp_latency, compare, effective_weight};
+use crate::rank::{Ranges, RankKey, SortKey, cmp_latency, compare_keys, effective_weight};
 use crate::spec::{ComputeCapability, Interconnect};
 use crate::time::Timestamp;
 use std::cmp::Ordering;
@@ -149,11 +150,34 @@ struct Group {
     rows: Columns,
 }
 
+/// One held offer: its signed bytes (as verified on admission) and what the book decides
+/// by without decoding them. The decoded offer is not kept: it is several times the size.
 #[derive(Debug)]
-struct Slot {
-    offer: Verified<Offer>,
+pub(super) struct Slot {
+    pub(super) bytes: std::sync::Arc<[u8]>,
+    pub(super) offer_id: OfferId,
+    pub(super) provider: NodeId,
+    pub(super) seq: u64,
+    pub(super) expires_at: Timestamp,
     group: u32,
     pos: u32,
+}
+
+impl Slot {
+    /// The offer, decoded again from its verified bytes.
+    pub(super) fn offer(&self) -> Verified<Offer> {
+        // The bytes are those of a `Verified<Offer>` the book admitted.
+        Verified::reopen(self.bytes.clone()).expect("held offer bytes decode")
+    }
+}
+
+/// A search result: the offer, its provider's latency as ranked, and its score
+/// ([`SortKey::Score`] only; 0 otherwise).
+#[derive(Clone, Debug)]
+pub struct Hit {
+    pub offer: Verified<Offer>,
+    pub latency_ms: Option<u32>,
+    pub score: f64,
 }
 
 /// Interned values with reference counts; freed ids are reused.
@@ -240,22 +264,19 @@ impl Index {
         self.by_provider.len()
     }
 
-    pub(super) fn get(&self, id: &OfferId) -> Option<&Verified<Offer>> {
-        self.by_id.get(id).and_then(|s| self.slots[*s as usize].as_ref()).map(|s| &s.offer)
+    pub(super) fn get(&self, id: &OfferId) -> Option<&Slot> {
+        self.by_id.get(id).and_then(|s| self.slots[*s as usize].as_ref())
     }
 
     pub(super) fn count_of(&self, provider: &NodeId) -> usize {
         self.by_provider.get(provider).map_or(0, BTreeSet::len)
     }
 
-    pub(super) fn all(&self) -> impl Iterator<Item = &Verified<Offer>> {
-        self.slots.iter().flatten().map(|s| &s.offer)
+    pub(super) fn all(&self) -> impl Iterator<Item = &Slot> {
+        self.slots.iter().flatten()
     }
 
-    pub(super) fn of_provider<'a>(
-        &'a self,
-        provider: &NodeId,
-    ) -> impl Iterator<Item = &'a Verified<Offer>> + use<'a> {
+    pub(super) fn of_provider<'a>(&'a self, provider: &NodeId) -> impl Iterator<Item = &'a Slot> + use<'a> {
         self.by_provider.get(provider).into_iter().flatten().filter_map(|id| self.get(id))
     }
 
@@ -303,12 +324,20 @@ impl Index {
         rows.push(row);
         let pos = (rows.len() - 1) as u32;
         self.by_provider.entry(offer.provider).or_default().insert(id);
-        self.slots[slot as usize] = Some(Slot { offer, group, pos });
+        self.slots[slot as usize] = Some(Slot {
+            bytes: offer.shared_bytes(),
+            offer_id: id,
+            provider: offer.provider,
+            seq: offer.seq,
+            expires_at: offer.expires_at,
+            group,
+            pos,
+        });
         self.by_id.insert(id, slot);
     }
 
-    /// Removes an offer; returns it.
-    pub(super) fn remove(&mut self, id: &OfferId) -> Option<Verified<Offer>> {
+    /// Removes an offer; returns what was held of it.
+    pub(super) fn remove(&mut self, id: &OfferId) -> Option<Slot> {
         let slot_ix = self.by_id.remove(id)?;
         let slot = self.slots[slot_ix as usize].take()?;
         self.free_slots.push(slot_ix);
@@ -327,14 +356,14 @@ impl Index {
         }
         self.providers.release(row.provider);
         self.regions.release(row.region);
-        let provider = slot.offer.provider;
+        let provider = slot.provider;
         if let Some(set) = self.by_provider.get_mut(&provider) {
             set.remove(id);
             if set.is_empty() {
                 self.by_provider.remove(&provider);
             }
         }
-        Some(slot.offer)
+        Some(slot)
     }
 
     /// Records a provider's measured RTT in ms (`None`: not measured, e.g. disconnected) and
@@ -365,14 +394,14 @@ impl Index {
     /// The offers not expired at `now` that match `query`, ranked by `key`, at most `limit`,
     /// with providers' latencies as recorded by [`Index::set_latency`]. Scores are computed
     /// for [`SortKey::Score`] only (0 otherwise).
-    pub(super) fn search<'a>(
-        &'a self,
+    pub(super) fn search(
+        &self,
         query: &Query,
         key: SortKey,
         latency_weight: f64,
         limit: usize,
         now: Timestamp,
-    ) -> Vec<Scored<'a>> {
+    ) -> Vec<Hit> {
         let w = effective_weight(latency_weight);
         let mut best = TopK::new(limit, key, w);
         if limit == 0 {
@@ -387,12 +416,12 @@ impl Index {
                 });
                 let ranges = Ranges::of(matched.iter().map(|m| (m.1, m.2)));
                 for (slot, price, lat) in matched {
+                    if best.dominated(price, lat) {
+                        continue;
+                    }
                     let score = ranges.score(price, lat, w);
                     if best.beats_worst(score, price, lat) {
-                        best.offer(Scored {
-                            candidate: Candidate { offer: self.offer_at(slot), latency_ms: lat },
-                            score,
-                        });
+                        best.offer(self.rank_key(slot, score, price, lat), slot);
                     }
                 }
             }
@@ -400,19 +429,24 @@ impl Index {
                 self.scan(query, now, |rows, i| {
                     let (price, lat) = (rows.price[i], rows.latency_ms(i));
                     if best.beats_worst(0.0, price, lat) {
-                        best.offer(Scored {
-                            candidate: Candidate { offer: self.offer_at(rows.slot[i]), latency_ms: lat },
-                            score: 0.0,
-                        });
+                        best.offer(self.rank_key(rows.slot[i], 0.0, price, lat), rows.slot[i]);
                     }
                 });
             }
         }
         best.into_sorted()
+            .into_iter()
+            .map(|(k, slot)| Hit { offer: self.slot(slot).offer(), latency_ms: k.latency_ms, score: k.score })
+            .collect()
     }
 
-    fn offer_at(&self, slot: u32) -> &Offer {
-        self.slots[slot as usize].as_ref().expect("a row's slot is live").offer.body()
+    fn slot(&self, slot: u32) -> &Slot {
+        self.slots[slot as usize].as_ref().expect("a row's slot is live")
+    }
+
+    fn rank_key(&self, slot: u32, score: f64, price_micros: u64, latency_ms: Option<u32>) -> RankKey<'_> {
+        let s = self.slot(slot);
+        RankKey { score, price_micros, latency_ms, offer_id: &s.offer_id, provider: &s.provider, seq: s.seq }
     }
 
     /// Calls `emit` with every row (its group's columns and its position) not expired at
@@ -478,7 +512,8 @@ impl Index {
     }
 }
 
-/// The best `limit` candidates seen so far, under the order of [`crate::rank::compare`].
+/// The best `limit` candidates seen so far (with their slots), under the order of
+/// [`crate::rank::compare`].
 struct TopK<'a> {
     limit: usize,
     key: SortKey,
@@ -488,7 +523,8 @@ struct TopK<'a> {
 
 /// A candidate ordered by the ranking order, worst greatest (so the heap's top is the worst).
 struct Ranked<'a> {
-    s: Scored<'a>,
+    k: RankKey<'a>,
+    slot: u32,
     key: SortKey,
     w: f64,
 }
@@ -506,7 +542,7 @@ impl PartialOrd for Ranked<'_> {
 }
 impl Ord for Ranked<'_> {
     fn cmp(&self, other: &Self) -> Ordering {
-        compare(self.key, self.w, &self.s, &other.s)
+        compare_keys(self.key, self.w, &self.k, &other.k)
     }
 }
 
@@ -517,19 +553,19 @@ impl<'a> TopK<'a> {
 
     /// Whether a candidate with this score, price and latency may rank before the worst kept
     /// one (always, until `limit` are kept). Decides from the row alone for most rows, so the
-    /// offer is only read for real contenders; exact ties on these keys say yes and are
+    /// slot is only read for real contenders; exact ties on these keys say yes and are
     /// settled by [`TopK::offer`].
     fn beats_worst(&self, score: f64, price: u64, latency_ms: Option<u32>) -> bool {
         let Some(worst) = self.heap.peek().filter(|_| self.heap.len() >= self.limit) else { return true };
-        let (wc, w) = (&worst.s.candidate, &worst.s);
-        let by_price = || price.cmp(&wc.offer.price.0);
-        let by_latency = || cmp_latency(latency_ms, wc.latency_ms);
+        let w = &worst.k;
+        let by_price = || price.cmp(&w.price_micros);
+        let by_latency = || cmp_latency(latency_ms, w.latency_ms);
         let ord = match self.key {
             SortKey::Price => by_price().then_with(by_latency),
             SortKey::Latency => by_latency().then_with(by_price),
             SortKey::Score => {
                 let measured_first = if self.w > 0.0 {
-                    wc.latency_ms.is_some().cmp(&latency_ms.is_some())
+                    w.latency_ms.is_some().cmp(&latency_ms.is_some())
                 } else {
                     Ordering::Equal
                 };
@@ -539,8 +575,23 @@ impl<'a> TopK<'a> {
         ord != Ordering::Greater
     }
 
-    fn offer(&mut self, s: Scored<'a>) {
-        let r = Ranked { s, key: self.key, w: self.w };
+    /// Whether a candidate is certainly worse than the worst kept one under
+    /// [`SortKey::Score`] without computing its score: a dearer offer whose latency is no
+    /// lower (both measured, or both not) scores no better, since a score only grows with
+    /// price and latency, and then loses the tie on price.
+    fn dominated(&self, price: u64, latency_ms: Option<u32>) -> bool {
+        let Some(worst) = self.heap.peek().filter(|_| self.heap.len() >= self.limit) else { return false };
+        let w = &worst.k;
+        price > w.price_micros
+            && match (latency_ms, w.latency_ms) {
+                (Some(l), Some(wl)) => l >= wl,
+                (None, None) => true,
+                _ => false,
+            }
+    }
+
+    fn offer(&mut self, k: RankKey<'a>, slot: u32) {
+        let r = Ranked { k, slot, key: self.key, w: self.w };
         if self.heap.len() < self.limit {
             self.heap.push(r);
         } else if let Some(mut worst) = self.heap.peek_mut()
@@ -550,8 +601,8 @@ impl<'a> TopK<'a> {
         }
     }
 
-    fn into_sorted(self) -> Vec<Scored<'a>> {
-        self.heap.into_sorted_vec().into_iter().map(|r| r.s).collect()
+    fn into_sorted(self) -> Vec<(RankKey<'a>, u32)> {
+        self.heap.into_sorted_vec().into_iter().map(|r| (r.k, r.slot)).collect()
     }
 }
 

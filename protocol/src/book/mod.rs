@@ -5,12 +5,14 @@
 
 mod index;
 
+pub use index::Hit;
+
 use crate::envelope::Verified;
 use crate::error::Invalid;
 use crate::id::{NodeId, OfferId};
 use crate::offer::{Offer, Withdrawal};
 use crate::query::Query;
-use crate::rank::{Scored, SortKey};
+use crate::rank::SortKey;
 use crate::time::Timestamp;
 use index::Index;
 use std::collections::{BTreeSet, HashMap};
@@ -82,7 +84,7 @@ impl OfferBook {
             return Err(Invalid::StaleSequence { seq: offer.seq, latest: t.seq });
         }
         if let Some(held) = self.index.get(&id) {
-            if held.bytes() == offer.bytes() {
+            if *held.bytes == *offer.bytes() {
                 return Err(Invalid::Duplicate);
             }
             if offer.seq <= held.seq {
@@ -133,10 +135,10 @@ impl OfferBook {
         })
     }
 
-    fn remove(&mut self, id: &OfferId) -> Option<Verified<Offer>> {
-        let offer = self.index.remove(id)?;
-        self.expiry.remove(&(offer.expires_at, *id));
-        Some(offer)
+    fn remove(&mut self, id: &OfferId) -> Option<()> {
+        let held = self.index.remove(id)?;
+        self.expiry.remove(&(held.expires_at, *id));
+        Some(())
     }
 
     /// Removes every offer expired at `now` and every stale tombstone; returns the removed
@@ -165,19 +167,41 @@ impl OfferBook {
         gone
     }
 
-    /// The offer with this id, unless expired at `now`.
-    pub fn get(&self, id: &OfferId, now: Timestamp) -> Option<&Verified<Offer>> {
-        self.index.get(id).filter(|o| !o.is_expired(now))
+    /// The offer with this id, unless expired at `now` (decoded from the bytes the book
+    /// keeps: a few microseconds).
+    pub fn get(&self, id: &OfferId, now: Timestamp) -> Option<Verified<Offer>> {
+        self.index.get(id).filter(|s| s.expires_at > now).map(|s| s.offer())
     }
 
-    /// Every offer not expired at `now`, in no particular order.
-    pub fn live(&self, now: Timestamp) -> impl Iterator<Item = &Verified<Offer>> {
-        self.index.all().filter(move |o| !o.is_expired(now))
+    /// Every offer not expired at `now`, in no particular order, each decoded; prefer
+    /// [`OfferBook::live_bytes`], [`OfferBook::live_ids`] or [`OfferBook::live_providers`]
+    /// where they are enough.
+    pub fn live(&self, now: Timestamp) -> impl Iterator<Item = Verified<Offer>> + '_ {
+        self.index.all().filter(move |s| s.expires_at > now).map(|s| s.offer())
     }
 
-    /// Offers of one provider, not expired at `now`.
-    pub fn by_provider(&self, provider: NodeId, now: Timestamp) -> impl Iterator<Item = &Verified<Offer>> {
-        self.index.of_provider(&provider).filter(move |o| !o.is_expired(now))
+    /// The signed bytes of every offer not expired at `now` (to forward or serve a sync).
+    pub fn live_bytes(&self, now: Timestamp) -> impl Iterator<Item = &[u8]> {
+        self.index.all().filter(move |s| s.expires_at > now).map(|s| &s.bytes[..])
+    }
+
+    /// The id of every offer not expired at `now`.
+    pub fn live_ids(&self, now: Timestamp) -> impl Iterator<Item = &OfferId> {
+        self.index.all().filter(move |s| s.expires_at > now).map(|s| &s.offer_id)
+    }
+
+    /// The provider of every offer not expired at `now` (once per offer).
+    pub fn live_providers(&self, now: Timestamp) -> impl Iterator<Item = &NodeId> {
+        self.index.all().filter(move |s| s.expires_at > now).map(|s| &s.provider)
+    }
+
+    /// Offers of one provider, not expired at `now`, decoded.
+    pub fn by_provider(
+        &self,
+        provider: NodeId,
+        now: Timestamp,
+    ) -> impl Iterator<Item = Verified<Offer>> + '_ {
+        self.index.of_provider(&provider).filter(move |s| s.expires_at > now).map(|s| s.offer())
     }
 
     /// The offers not expired at `now` that match `query`, best first by `key` (see
@@ -193,7 +217,7 @@ impl OfferBook {
         latency_weight: f64,
         limit: usize,
         now: Timestamp,
-    ) -> Vec<Scored<'_>> {
+    ) -> Vec<Hit> {
         self.index.search(query, key, latency_weight, limit, now)
     }
 
