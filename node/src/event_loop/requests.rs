@@ -212,8 +212,9 @@ impl EventLoop {
         f.in_flight.remove(&peer);
         let mut n = 0;
         for o in matched {
-            // Keep the freshest copy, as the book does.
-            let current = self.book.get(&o.offer_id, now).unwrap_or(o);
+            // Keep the freshest copy, as the book does (decoding the book's only if newer).
+            let newer = self.book.seq(&o.offer_id, now).is_some_and(|seq| seq > o.seq);
+            let current = if newer { self.book.get(&o.offer_id, now).unwrap_or(o) } else { o };
             if f.search.query.matches(current.body(), Some(rtt_ms.round() as u32)) {
                 n += 1;
                 f.fresh.insert(current.offer_id, current);

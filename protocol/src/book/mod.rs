@@ -129,16 +129,14 @@ impl OfferBook {
         }
         let until = w.issued_at.plus_millis(self.config.tombstone_ttl_ms).max(now);
         self.tombstones.insert(key, Tombstone { provider: w.provider, seq: w.seq, until });
-        Ok(match self.remove(&id) {
-            Some(_) => BookChange::Removed(id),
-            None => BookChange::Tombstoned(id),
-        })
+        Ok(if self.remove(&id) { BookChange::Removed(id) } else { BookChange::Tombstoned(id) })
     }
 
-    fn remove(&mut self, id: &OfferId) -> Option<()> {
-        let held = self.index.remove(id)?;
+    /// Removes an offer; whether the book held it.
+    fn remove(&mut self, id: &OfferId) -> bool {
+        let Some(held) = self.index.remove(id) else { return false };
         self.expiry.remove(&(held.expires_at, *id));
-        Some(())
+        true
     }
 
     /// Removes every offer expired at `now` and every stale tombstone; returns the removed
@@ -173,26 +171,35 @@ impl OfferBook {
         self.index.get(id).filter(|s| s.expires_at > now).map(|s| s.offer())
     }
 
+    /// The sequence of the held offer with this id, unless expired at `now` (no decoding).
+    pub fn seq(&self, id: &OfferId, now: Timestamp) -> Option<u64> {
+        self.index.get(id).filter(|s| s.expires_at > now).map(|s| s.seq)
+    }
+
     /// Every offer not expired at `now`, in no particular order, each decoded; prefer
     /// [`OfferBook::live_bytes`], [`OfferBook::live_ids`] or [`OfferBook::live_providers`]
     /// where they are enough.
     pub fn live(&self, now: Timestamp) -> impl Iterator<Item = Verified<Offer>> + '_ {
-        self.index.all().filter(move |s| s.expires_at > now).map(|s| s.offer())
+        self.live_slots(now).map(|s| s.offer())
     }
 
     /// The signed bytes of every offer not expired at `now` (to forward or serve a sync).
     pub fn live_bytes(&self, now: Timestamp) -> impl Iterator<Item = &[u8]> {
-        self.index.all().filter(move |s| s.expires_at > now).map(|s| &s.bytes[..])
+        self.live_slots(now).map(|s| &s.bytes[..])
     }
 
     /// The id of every offer not expired at `now`.
     pub fn live_ids(&self, now: Timestamp) -> impl Iterator<Item = &OfferId> {
-        self.index.all().filter(move |s| s.expires_at > now).map(|s| &s.offer_id)
+        self.live_slots(now).map(|s| &s.offer_id)
     }
 
     /// The provider of every offer not expired at `now` (once per offer).
     pub fn live_providers(&self, now: Timestamp) -> impl Iterator<Item = &NodeId> {
-        self.index.all().filter(move |s| s.expires_at > now).map(|s| &s.provider)
+        self.live_slots(now).map(|s| &s.provider)
+    }
+
+    fn live_slots(&self, now: Timestamp) -> impl Iterator<Item = &index::Slot> {
+        self.index.all().filter(move |s| s.expires_at > now)
     }
 
     /// Offers of one provider, not expired at `now`, decoded.
