@@ -14,6 +14,20 @@ pub fn limit_arenas() {
     }
 }
 
+/// Runs [`trim`] every `every` on the blocking pool until the task is aborted. A process
+/// concern, not a node's: `trim` walks every arena of the process with its locks held, so a
+/// process that hosts many nodes (tests, benchmarks) must not trim once per node.
+pub fn spawn_trimmer(every: std::time::Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let _ = tokio::task::spawn_blocking(trim).await;
+        }
+    })
+}
+
 /// Returns memory freed inside glibc's arenas to the system (every arena, not only the top
 /// of the heap). Takes about a millisecond for a loaded node; run it off the event loop.
 pub fn trim() {

@@ -295,8 +295,6 @@ impl EventLoop {
         self.metrics.peers.set(self.swarm.connected_peers().count() as i64);
         self.peers.expire_bans(&mut self.swarm);
         self.dial_bootstrap();
-        // What the last bursts freed goes back to the system.
-        tokio::task::spawn_blocking(crate::alloc::trim);
     }
 
     /// An offer left the book (withdrawn or expired): tell subscribers, drop it from the store.
