@@ -168,12 +168,16 @@ impl OfferBook {
     /// The offer with this id, unless expired at `now` (decoded from the bytes the book
     /// keeps: a few microseconds).
     pub fn get(&self, id: &OfferId, now: Timestamp) -> Option<Verified<Offer>> {
-        self.index.get(id).filter(|s| s.expires_at > now).map(|s| s.offer())
+        self.live_slot(id, now).map(|s| s.offer())
     }
 
     /// The sequence of the held offer with this id, unless expired at `now` (no decoding).
     pub fn seq(&self, id: &OfferId, now: Timestamp) -> Option<u64> {
-        self.index.get(id).filter(|s| s.expires_at > now).map(|s| s.seq)
+        self.live_slot(id, now).map(|s| s.seq)
+    }
+
+    fn live_slot(&self, id: &OfferId, now: Timestamp) -> Option<&index::Slot> {
+        self.index.get(id).filter(|s| s.expires_at > now)
     }
 
     /// Every offer not expired at `now`, in no particular order, each decoded; prefer
