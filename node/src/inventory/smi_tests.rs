@@ -11,6 +11,11 @@ const MIXED: &str = include_str!("fixtures/mixed.csv");
 const GARBAGE: &str = include_str!("fixtures/garbage.txt");
 const TABLE: &str = include_str!("fixtures/nvidia_smi_table.txt");
 const VERSION: &str = include_str!("fixtures/nvidia_smi_version.txt");
+// Recorded on a machine with one real H200 (driver 580.159.04), 2026-11-27: the query's output,
+// `nvidia-smi --version`, and what `gpumesh gpus --json` reported through NVML on that machine.
+const H200_CSV: &str = include_str!("fixtures/h200_recorded.csv");
+const H200_VERSION: &str = include_str!("fixtures/h200_recorded_version.txt");
+const H200_NVML: &str = include_str!("fixtures/h200_recorded_nvml.json");
 
 fn notes_mention(notes: &[String], needle: &str) -> bool {
     notes.iter().any(|n| n.contains(needle))
@@ -33,6 +38,30 @@ fn single_rtx_4090() {
     assert_eq!(g.interconnect, Interconnect::Pcie);
     assert_eq!(g.source, GpuSource::NvidiaSmi);
     assert!(!g.mig);
+}
+
+#[test]
+fn recorded_h200_output_parses_to_what_nvml_reported_on_the_same_card() {
+    let (mut gpus, notes) = parse_nvidia_smi_csv(H200_CSV);
+    assert!(notes.is_empty(), "{notes:?}");
+    let cuda = parse_cuda_version(H200_VERSION).expect("the recorded --version shows CUDA");
+    assert_eq!(cuda, "13.0");
+    gpus.iter_mut().for_each(|g| g.cuda_version = Some(cuda.clone()));
+
+    let mut nvml: Vec<DetectedGpu> = serde_json::from_str(H200_NVML).expect("recorded NVML JSON");
+    assert!(nvml.iter().all(|g| g.source == GpuSource::Nvml));
+    nvml.iter_mut().for_each(|g| g.source = GpuSource::NvidiaSmi);
+    // Every field but the source agrees: the fallback offers the same GPU NVML would.
+    assert_eq!(gpus, nvml);
+
+    let groups = super::super::group(&gpus);
+    assert_eq!(groups.len(), 1);
+    let (spec, units) = &groups[0];
+    assert_eq!(spec.model, "H200-SXM-141GB");
+    assert_eq!(spec.vram_mib, 143771);
+    assert_eq!(spec.interconnect, Interconnect::Sxm);
+    assert_eq!(units.len(), 1);
+    assert_eq!(units[0].uuid, "GPU-967a0ca0-c7c1-c29d-0061-9eaa24b14f9f");
 }
 
 #[test]
