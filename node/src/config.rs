@@ -110,6 +110,8 @@ pub struct TuningConfig {
     pub max_clock_skew: String,
     /// Longest offer TTL accepted from others.
     pub max_offer_ttl: String,
+    /// Most offers this node sends in one book sync page (1 to 4096).
+    pub sync_page_offers: usize,
 }
 
 impl Default for TuningConfig {
@@ -124,6 +126,7 @@ impl Default for TuningConfig {
             idle_connection_timeout: "5m".into(),
             max_clock_skew: "30s".into(),
             max_offer_ttl: "1h".into(),
+            sync_page_offers: gpumesh_protocol::wire::MAX_SYNC_OFFERS,
         }
     }
 }
@@ -286,6 +289,12 @@ impl NodeConfig {
         if self.max_offers_per_provider == 0 {
             return Err(invalid("max_offers_per_provider", "must be at least 1"));
         }
+        if !(1..=gpumesh_protocol::wire::MAX_SYNC_OFFERS).contains(&t.sync_page_offers) {
+            return Err(invalid(
+                "tuning.sync_page_offers",
+                format!("must be between 1 and {}", gpumesh_protocol::wire::MAX_SYNC_OFFERS),
+            ));
+        }
         Ok(Settings {
             network,
             listen,
@@ -318,6 +327,7 @@ impl NodeConfig {
             idle_connection_timeout: duration("tuning.idle_connection_timeout", &t.idle_connection_timeout)?,
             max_clock_skew: duration("tuning.max_clock_skew", &t.max_clock_skew)?,
             max_offer_ttl,
+            sync_page_offers: t.sync_page_offers,
         })
     }
 }
@@ -360,6 +370,7 @@ pub struct Settings {
     pub idle_connection_timeout: Duration,
     pub max_clock_skew: Duration,
     pub max_offer_ttl: Duration,
+    pub sync_page_offers: usize,
 }
 
 /// Parses a humantime duration (`90s`, `10m`, `2h`, `1d`) with a message that names the field.

@@ -34,7 +34,7 @@ pub mod spec;
 pub mod time;
 pub mod wire;
 
-pub use book::{BookChange, BookConfig, OfferBook};
+pub use book::{BookChange, BookConfig, OfferBook, SyncPage};
 pub use bytes::{Bytes, Digest32, Nonce};
 pub use envelope::{Kind, Verified};
 pub use error::Invalid;

@@ -7,7 +7,7 @@
 use crate::bytes::Bytes;
 use crate::envelope::decode_body;
 use crate::error::Invalid;
-use crate::id::LeaseId;
+use crate::id::{LeaseId, OfferId};
 use serde::{Deserialize, Serialize};
 
 /// Protocol name of live capacity queries.
@@ -53,21 +53,30 @@ pub struct CapacityAnswer {
     pub offers: Vec<Bytes>,
 }
 
-/// A newly connected peer asks for the offers this node holds.
+/// A newly connected peer asks for the offers this node holds, one page at a time: the
+/// first request has no `after`; each next one carries the answer's `next`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyncRequest {
     pub v: u32,
     pub network: String,
+    /// Only offers whose id sorts above this one (bytewise). Omitted on the first page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<OfferId>,
 }
 
-/// The answer to a [`SyncRequest`]: live offer envelopes from the book, at most
-/// [`MAX_SYNC_OFFERS`] and [`MAX_SYNC_ANSWER`] bytes. Each is checked like gossip.
+/// The answer to a [`SyncRequest`]: live offer envelopes from the book in ascending offer id
+/// order, at most [`MAX_SYNC_OFFERS`] and [`MAX_SYNC_ANSWER`] bytes. Each is checked like
+/// gossip.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyncAnswer {
     pub v: u32,
     pub offers: Vec<Bytes>,
+    /// Present when more offers follow: the id of the last offer in this page, to send back
+    /// as `after`. Omitted on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<OfferId>,
 }
 
 /// Largest sync request, bytes.

@@ -80,6 +80,54 @@ fn a_withdrawal_of_someone_elses_offer_is_not_owner() {
 }
 
 #[test]
+fn sync_pages_cover_every_live_offer_once_in_id_order() {
+    let mut b = OfferBook::new(BookConfig::default());
+    let mut live = Vec::new();
+    for i in 0..25u8 {
+        let k = key(100 + i);
+        let mut o = offer(&k, "H100-SXM-80GB", 1, NOW);
+        if i == 3 {
+            o.expires_at = NOW.plus_millis(1);
+        }
+        let v = Verified::seal(&k, o);
+        if i != 3 {
+            live.push((v.offer_id, v.bytes().to_vec()));
+        }
+        b.insert(v, NOW).unwrap();
+    }
+    live.sort();
+    let later = NOW.plus_millis(2); // offer 3 has expired by then
+    let want: Vec<Vec<u8>> = live.iter().map(|(_, b)| b.clone()).collect();
+
+    // Pages of at most 7 offers.
+    let (mut got, mut after, mut pages) = (Vec::new(), None, Vec::new());
+    loop {
+        let page = b.sync_page(after.as_ref(), later, 7, usize::MAX, 8);
+        pages.push(page.offers.len());
+        got.extend(page.offers.iter().map(|o| o.to_vec()));
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(pages, vec![7, 7, 7, 3]);
+    assert_eq!(got, want, "every live offer once, lowest id first, the expired one left out");
+
+    // A byte budget that holds two offers and a half cuts pages at two.
+    let size = want[0].len() + 8;
+    let page = b.sync_page(None, later, 4096, size * 5 / 2, 8);
+    assert_eq!(page.offers, want[..2].iter().map(|o| &o[..]).collect::<Vec<_>>());
+    assert_eq!(page.next, Some(live[1].0));
+    // A budget smaller than one offer still moves on by one.
+    let page = b.sync_page(Some(&live[1].0), later, 4096, 1, 8);
+    assert_eq!(page.offers, vec![&want[2][..]]);
+    assert_eq!(page.next, Some(live[2].0));
+    // Past the last id: an empty last page.
+    let page = b.sync_page(Some(&live[23].0), later, 7, usize::MAX, 8);
+    assert!(page.offers.is_empty() && page.next.is_none());
+}
+
+#[test]
 fn per_provider_cap_holds() {
     let mut b = OfferBook::new(BookConfig { max_offers_per_provider: 3, ..BookConfig::default() });
     for i in 0..3 {

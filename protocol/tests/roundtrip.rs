@@ -162,8 +162,9 @@ proptest! {
         wire_round_trip(CapacityQuery { v: 1, network: network.clone(), query }, wire::MAX_CAPACITY_QUERY);
         let offers: Vec<Bytes> = blobs.iter().cloned().map(Bytes).collect();
         wire_round_trip(CapacityAnswer { v: 1, offers: offers.clone() }, wire::MAX_CAPACITY_ANSWER);
-        wire_round_trip(SyncRequest { v: 1, network }, wire::MAX_SYNC_REQUEST);
-        wire_round_trip(SyncAnswer { v: 1, offers }, wire::MAX_SYNC_ANSWER);
+        let cursor = (which % 2 == 1).then(|| OfferId::from_bytes(*id.as_bytes()));
+        wire_round_trip(SyncRequest { v: 1, network, after: cursor }, wire::MAX_SYNC_REQUEST);
+        wire_round_trip(SyncAnswer { v: 1, offers, next: cursor }, wire::MAX_SYNC_ANSWER);
         let blob = Bytes(blobs.concat());
         let rpc = match which { 0 => LeaseRpc::Request(blob.clone()), 1 => LeaseRpc::Release(blob.clone()), _ => LeaseRpc::Status(id) };
         wire_round_trip(rpc, wire::MAX_LEASE_RPC);

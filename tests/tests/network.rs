@@ -141,3 +141,38 @@ async fn a_node_keeps_dialing_its_bootstrap_peer_until_it_comes_up() -> Result<(
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_gets_a_book_larger_than_one_sync_page() -> Result<()> {
+    use gpumesh_protocol::envelope;
+    use gpumesh_tests::adversary::{self, GossipPeer, offer_for};
+    let net = "t-sync-pages";
+    // A answers syncs in pages of 7 offers; it will hold 30 offers of a provider that then leaves.
+    let mut ca = test_config(net, None, &[]);
+    ca.tuning.sync_page_offers = 7;
+    let a = TestNode::start(ca).await?;
+    let a_addr = a.addr().await?;
+    let key = adversary::key(31);
+    let provider = adversary::node_id(&key).to_string();
+    let now = gpumesh_node::clock::now();
+    {
+        let p = GossipPeer::join(key.clone(), net, &a_addr, 64 * 1024).await?;
+        for i in 0..30 {
+            p.publish(envelope::seal(&key, &offer_for(&key, net, &format!("SYNC-{i}"), 1, now))).await?;
+        }
+        wait_for("A to hold the 30 offers", Duration::from_secs(20), || async {
+            matches!(a.offers_of(&provider).await, Ok(o) if o.len() == 30)
+        })
+        .await?;
+    }
+    // The provider is gone and re-announces nothing: B, joining through A, can learn the
+    // offers only from A's book, page after page.
+    let b = TestNode::start(test_config(net, None, &[a_addr])).await?;
+    wait_for("B to hold all 30 offers", Duration::from_secs(20), || async {
+        matches!(b.offers_of(&provider).await, Ok(o) if o.len() == 30)
+    })
+    .await?;
+    let gossiped = b.metric_sum("gpumesh_gossip_messages_total{result=\"accepted\"").await?;
+    assert_eq!(gossiped, 0.0, "B learnt the offers by sync, not by gossip");
+    Ok(())
+}

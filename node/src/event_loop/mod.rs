@@ -58,7 +58,7 @@ pub(crate) struct EventLoop {
     capacity_requests: HashMap<libp2p::request_response::OutboundRequestId, (u64, PeerId, Instant)>,
     probes: Vec<Probe>,
     next_fanout: u64,
-    syncs_in_flight: HashMap<libp2p::request_response::OutboundRequestId, PeerId>,
+    syncs_in_flight: HashMap<libp2p::request_response::OutboundRequestId, requests::SyncInFlight>,
     /// Whether a book sync has completed since start (later syncs pass on what they teach).
     synced_once: bool,
     /// Our own offers and withdrawals that found no topic peer yet.

@@ -20,10 +20,25 @@ use tokio::sync::oneshot;
 const FANOUT_CONCURRENCY: usize = 32;
 /// Most offers learnt from one sync that are passed on by gossip.
 const MAX_REGOSSIP: usize = 256;
-/// Most book syncs in flight.
+/// Most book syncs in flight (a sync's next page does not count against it).
 const MAX_SYNCS: usize = 4;
+/// Most pages one book sync asks for (64 × 4096 offers).
+const MAX_SYNC_PAGES: u32 = 64;
+/// Bytes of CBOR framing counted per offer when a sync answer is cut to size.
+const SYNC_FRAMING: usize = 8;
+
 /// Most providers one probe dials.
 const MAX_PROBE: usize = 16;
+
+/// A book sync page asked of a peer.
+#[derive(Debug)]
+pub(crate) struct SyncInFlight {
+    peer: PeerId,
+    /// The `after` of this page's request (`None` on the first page).
+    after: Option<OfferId>,
+    /// Pages asked for so far in this sync, this one included.
+    pages: u32,
+}
 
 /// A live capacity query in progress.
 #[derive(Debug)]
@@ -373,42 +388,51 @@ impl EventLoop {
 
     // ----- book sync ---------------------------------------------------------------------
 
+    /// Starts a book sync with a newly connected peer (unless one is running with it, or
+    /// too many are running).
     pub(super) fn request_sync(&mut self, peer: PeerId) {
-        if self.syncs_in_flight.len() >= MAX_SYNCS || self.syncs_in_flight.values().any(|p| p == &peer) {
+        if self.syncs_in_flight.len() >= MAX_SYNCS || self.syncs_in_flight.values().any(|s| s.peer == peer) {
             return;
         }
-        let req = wire::encode(&SyncRequest { v: PROTOCOL_VERSION, network: self.settings.network.clone() });
-        let rid = self.swarm.behaviour_mut().sync.send_request(&peer, req);
-        self.syncs_in_flight.insert(rid, peer);
+        self.request_sync_page(SyncInFlight { peer, after: None, pages: 1 });
+    }
+
+    fn request_sync_page(&mut self, sync: SyncInFlight) {
+        let req = wire::encode(&SyncRequest {
+            v: PROTOCOL_VERSION,
+            network: self.settings.network.clone(),
+            after: sync.after,
+        });
+        let rid = self.swarm.behaviour_mut().sync.send_request(&sync.peer, req);
+        self.syncs_in_flight.insert(rid, sync);
     }
 
     pub(super) fn handle_sync_event(&mut self, e: request_response::Event<Vec<u8>, Vec<u8>>) {
         match e {
             Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
-                let ok = wire::decode::<SyncRequest>(&request, wire::MAX_SYNC_REQUEST)
-                    .is_ok_and(|r| r.network == self.settings.network);
-                let now = crate::clock::now();
-                let mut total = 0;
-                let offers: Vec<Bytes> = if ok {
-                    self.book
-                        .live_bytes(now)
-                        .take(wire::MAX_SYNC_OFFERS)
-                        .take_while(|b| {
-                            total += b.len() + 8;
-                            total < wire::MAX_SYNC_ANSWER - 64
-                        })
-                        .map(|b| Bytes(b.to_vec()))
-                        .collect()
-                } else {
-                    tracing::debug!(peer = %peer, "refusing a sync request for another network");
-                    Vec::new()
+                let answer = match wire::decode::<SyncRequest>(&request, wire::MAX_SYNC_REQUEST) {
+                    Ok(r) if r.network == self.settings.network => {
+                        let page = self.book.sync_page(
+                            r.after.as_ref(),
+                            crate::clock::now(),
+                            self.settings.sync_page_offers,
+                            wire::MAX_SYNC_ANSWER - 64,
+                            SYNC_FRAMING,
+                        );
+                        let offers = page.offers.into_iter().map(|b| Bytes(b.to_vec())).collect();
+                        SyncAnswer { v: PROTOCOL_VERSION, offers, next: page.next }
+                    }
+                    _ => {
+                        tracing::debug!(peer = %peer, "refusing a sync request that does not decode or names another network");
+                        SyncAnswer { v: PROTOCOL_VERSION, offers: Vec::new(), next: None }
+                    }
                 };
-                let answer = wire::encode(&SyncAnswer { v: PROTOCOL_VERSION, offers });
-                let _ = self.swarm.behaviour_mut().sync.send_response(channel, answer);
+                let _ = self.swarm.behaviour_mut().sync.send_response(channel, wire::encode(&answer));
             }
             Event::Message { peer, message: Message::Response { request_id, response }, .. } => {
-                self.syncs_in_flight.remove(&request_id);
-                self.ingest_sync(peer, &response);
+                if let Some(sync) = self.syncs_in_flight.remove(&request_id) {
+                    self.ingest_sync(peer, sync, &response);
+                }
             }
             Event::OutboundFailure { request_id, .. } => {
                 self.syncs_in_flight.remove(&request_id);
@@ -417,12 +441,14 @@ impl EventLoop {
         }
     }
 
-    fn ingest_sync(&mut self, peer: PeerId, response: &[u8]) {
+    fn ingest_sync(&mut self, peer: PeerId, sync: SyncInFlight, response: &[u8]) {
         let now = crate::clock::now();
         let Ok(answer) = wire::decode::<SyncAnswer>(response, wire::MAX_SYNC_ANSWER) else {
             self.penalise(peer);
             return;
         };
+        // A next page must move forward, and a sync has a bounded number of pages.
+        let next = answer.next.filter(|n| sync.after.is_none_or(|a| *n > a) && sync.pages < MAX_SYNC_PAGES);
         let (mut added, mut faulty) = (0usize, false);
         // After our first sync, offers a sync teaches us are news to our side of the network
         // too (a healed partition): pass them on. A node catching up at start does not.
@@ -443,9 +469,15 @@ impl EventLoop {
             }
         }
         if faulty {
+            // No more pages from a peer that sent bad offers.
             self.penalise(peer);
         }
-        self.synced_once = true;
+        match next.filter(|_| !faulty) {
+            Some(after) => {
+                self.request_sync_page(SyncInFlight { peer, after: Some(after), pages: sync.pages + 1 })
+            }
+            None => self.synced_once = true,
+        }
         for bytes in &news {
             // The exact signed bytes: their message id is the one every node already knows
             // if the offer reached it by gossip, so it is not delivered twice.
@@ -453,6 +485,14 @@ impl EventLoop {
                 tracing::debug!(error = %e, "passing on a synced offer failed");
             }
         }
-        tracing::debug!(peer = %peer, offers = answer.offers.len(), added, regossiped = news.len(), "book sync");
+        tracing::debug!(
+            peer = %peer,
+            page = sync.pages,
+            offers = answer.offers.len(),
+            added,
+            regossiped = news.len(),
+            more = next.is_some(),
+            "book sync"
+        );
     }
 }

@@ -7,6 +7,15 @@ mod index;
 
 pub use index::Hit;
 
+/// One page of a book sync ([`OfferBook::sync_page`]).
+#[derive(Debug)]
+pub struct SyncPage<'a> {
+    /// Signed offer bytes, in ascending offer id order.
+    pub offers: Vec<&'a [u8]>,
+    /// The id of the page's last offer when more follow it (the next request's `after`).
+    pub next: Option<OfferId>,
+}
+
 use crate::envelope::Verified;
 use crate::error::Invalid;
 use crate::id::{NodeId, OfferId};
@@ -187,9 +196,40 @@ impl OfferBook {
         self.live_slots(now).map(|s| s.offer())
     }
 
-    /// The signed bytes of every offer not expired at `now` (to forward or serve a sync).
-    pub fn live_bytes(&self, now: Timestamp) -> impl Iterator<Item = &[u8]> {
-        self.live_slots(now).map(|s| &s.bytes[..])
+    /// One page of a book sync: the signed bytes of the offers not expired at `now` whose id
+    /// sorts above `after`, lowest ids first, as many as fit in `max_offers` and in
+    /// `max_bytes` (each offer counted as its length plus `framing` bytes). A page holds at
+    /// least one offer when any is left, so paging always moves on. `next` is the last id in
+    /// the page when more offers follow it.
+    pub fn sync_page(
+        &self,
+        after: Option<&OfferId>,
+        now: Timestamp,
+        max_offers: usize,
+        max_bytes: usize,
+        framing: usize,
+    ) -> SyncPage<'_> {
+        let max_offers = max_offers.max(1);
+        let mut rest: Vec<&index::Slot> =
+            self.live_slots(now).filter(|s| after.is_none_or(|a| s.offer_id > *a)).collect();
+        let mut cut = rest.len() > max_offers;
+        if cut {
+            // The lowest `max_offers` ids, without sorting the whole book.
+            rest.select_nth_unstable_by_key(max_offers, |s| s.offer_id);
+            rest.truncate(max_offers);
+        }
+        rest.sort_unstable_by_key(|s| s.offer_id);
+        let (mut offers, mut total, mut last) = (Vec::with_capacity(rest.len()), 0usize, None);
+        for s in rest {
+            total += s.bytes.len() + framing;
+            if total > max_bytes && !offers.is_empty() {
+                cut = true;
+                break;
+            }
+            offers.push(&s.bytes[..]);
+            last = Some(s.offer_id);
+        }
+        SyncPage { offers, next: if cut { last } else { None } }
     }
 
     /// The id of every offer not expired at `now`.
