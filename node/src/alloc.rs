@@ -4,6 +4,9 @@
 //! `cargo run --release -p gpumesh-bench -- memory`: a node holding 10k offers kept about
 //! 8 MiB free in its arenas. Other C libraries: both calls do nothing.
 
+/// How often a node process returns freed memory to the system ([`spawn_trimmer`]).
+pub const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Caps glibc's malloc arenas at two for the process. Call before threads start allocating.
 pub fn limit_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

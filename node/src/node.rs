@@ -269,7 +269,7 @@ pub async fn run(
     crate::alloc::limit_arenas();
     let node = start(data_dir, config).await?;
     // What bursts of gossip, syncs and sled buffers freed goes back to the system.
-    let trimmer = crate::alloc::spawn_trimmer(std::time::Duration::from_secs(5));
+    let trimmer = crate::alloc::spawn_trimmer(crate::alloc::TRIM_EVERY);
     tracing::info!(peer_id = %node.peer_id, api = %node.api, "node running");
     shutdown.await;
     trimmer.abort();

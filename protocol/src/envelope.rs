@@ -19,7 +19,6 @@ use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::Deref;
-use std::sync::Arc;
 
 /// Message kinds. A closed set: any other number is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -311,29 +310,57 @@ pub fn open_cached<T: Body>(
     raw: RawEnvelope<'_>,
     keys: &mut KeyCache,
 ) -> Result<Verified<T>, Invalid> {
+    verify_cached::<T>(&raw, keys)?;
+    finish_open(bytes, raw)
+}
+
+/// Checks the kind and the strict signature, with the signer's key from `keys`.
+fn verify_cached<T: Body>(raw: &RawEnvelope<'_>, keys: &mut KeyCache) -> Result<(), Invalid> {
     if raw.kind != T::KIND {
         return Err(Invalid::WrongKind { expected: T::KIND, got: raw.kind });
     }
     let key = keys.get(&raw.signer)?;
-    raw.verify_with(&key)?;
-    finish_open(bytes, raw)
+    raw.verify_with(&key)
+}
+
+/// Like [`open_cached`], keeping `bytes` themselves instead of a copy: the caller decides
+/// where the envelope lives (the node hands the book the same buffer its store keeps, so an
+/// offer is resident once).
+pub fn open_shared<T: Body>(bytes: SharedBytes, keys: &mut KeyCache) -> Result<Verified<T>, Invalid> {
+    let (body, signer) = {
+        let raw = RawEnvelope::parse(&bytes)?;
+        verify_cached::<T>(&raw, keys)?;
+        (checked_body::<T>(&raw)?, raw.signer)
+    };
+    Ok(Verified { body, signer, bytes })
 }
 
 fn finish_open<T: Body>(bytes: &[u8], raw: RawEnvelope<'_>) -> Result<Verified<T>, Invalid> {
+    let body = checked_body::<T>(&raw)?;
+    Ok(Verified { body, signer: raw.signer, bytes: SharedBytes::copy_from_slice(bytes) })
+}
+
+/// Decodes the body of a verified envelope and checks that it names its signer.
+fn checked_body<T: Body>(raw: &RawEnvelope<'_>) -> Result<T, Invalid> {
     let body: T = decode_body(raw.body)?;
     if body.claimed_signer() != &raw.signer {
         return Err(Invalid::SignerMismatch);
     }
-    Ok(Verified { body, signer: raw.signer, bytes: Arc::from(bytes) })
+    Ok(body)
 }
 
+/// Envelope bytes behind a reference count, backed by any owner of bytes
+/// (`bytes::Bytes`).
+pub type SharedBytes = ::bytes::Bytes;
+
 /// A message whose envelope signature was verified and whose body names its signer. The only
-/// constructors are [`open`], [`open_raw`] and [`Verified::seal`].
+/// constructors are [`open`], [`open_raw`], [`open_cached`], [`open_shared`] and
+/// [`Verified::seal`].
 #[derive(Clone, PartialEq, Eq)]
 pub struct Verified<T> {
     body: T,
     signer: NodeId,
-    bytes: Arc<[u8]>,
+    bytes: SharedBytes,
 }
 
 impl<T: Body> Verified<T> {
@@ -341,7 +368,7 @@ impl<T: Body> Verified<T> {
     pub fn seal(key: &SigningKey, body: T) -> Verified<T> {
         let bytes = seal(key, &body);
         let signer = NodeId::from_bytes(key.verifying_key().to_bytes());
-        Verified { body, signer, bytes: Arc::from(bytes) }
+        Verified { body, signer, bytes: SharedBytes::from(bytes) }
     }
 }
 
@@ -349,7 +376,7 @@ impl<T: Body> Verified<T> {
     /// Decodes envelope bytes that came out of [`open`] (or [`Verified::seal`]) before and were
     /// kept, without verifying the signature again: the offer book keeps only the bytes of
     /// what it admitted. `None` if they do not decode, which cannot happen for such bytes.
-    pub(crate) fn reopen(bytes: Arc<[u8]>) -> Option<Verified<T>> {
+    pub(crate) fn reopen(bytes: SharedBytes) -> Option<Verified<T>> {
         let (body, signer) = {
             let raw = RawEnvelope::parse(&bytes).ok()?;
             (decode_body::<T>(raw.body).ok()?, raw.signer)
@@ -372,7 +399,7 @@ impl<T> Verified<T> {
         &self.bytes
     }
     /// A cheap shared handle on the envelope bytes.
-    pub fn shared_bytes(&self) -> Arc<[u8]> {
+    pub fn shared_bytes(&self) -> SharedBytes {
         self.bytes.clone()
     }
     /// Drops the proof and keeps the body.

@@ -4,7 +4,7 @@
 use super::EventLoop;
 use crate::handle::{LookupError, Search};
 use crate::views::OfferView;
-use gpumesh_protocol::envelope::{Kind, RawEnvelope, open_cached};
+use gpumesh_protocol::envelope::{Kind, RawEnvelope, open_cached, open_shared};
 use gpumesh_protocol::rank::{Candidate, top};
 use gpumesh_protocol::{BookChange, Invalid, Offer, Timestamp, Verified, Withdrawal};
 use libp2p::PeerId;
@@ -60,10 +60,7 @@ impl EventLoop {
     pub(super) fn ingest(&mut self, bytes: &[u8], now: Timestamp) -> Result<BookChange, Invalid> {
         let raw = RawEnvelope::parse(bytes)?;
         match raw.kind {
-            Kind::Offer => {
-                let offer: Verified<Offer> = open_cached(bytes, raw, &mut self.keys)?;
-                self.admit_offer(offer, now)
-            }
+            Kind::Offer => self.ingest_offer(bytes, now),
             Kind::Withdrawal => {
                 let w: Verified<Withdrawal> = open_cached(bytes, raw, &mut self.keys)?;
                 w.validate(&self.ctx(now))?;
@@ -77,18 +74,28 @@ impl EventLoop {
         }
     }
 
-    /// validate → book → store for an already verified offer.
+    /// verify → validate → book → store for an offer envelope from a peer, kept in one buffer
+    /// that the book and the store share.
+    pub(super) fn ingest_offer(&mut self, bytes: &[u8], now: Timestamp) -> Result<BookChange, Invalid> {
+        let (stored, shared) = crate::store::shared_buffer(bytes);
+        let offer = open_shared::<Offer>(shared, &mut self.keys)?;
+        self.admit_offer(offer, Some(stored), now)
+    }
+
+    /// validate → book → store for an already verified offer. `stored` is the store's buffer
+    /// behind the offer's bytes, if it has one (else the store gets a copy).
     pub(super) fn admit_offer(
         &mut self,
         offer: Verified<Offer>,
+        stored: Option<sled::IVec>,
         now: Timestamp,
     ) -> Result<BookChange, Invalid> {
         offer.validate(&self.ctx(now))?;
         let (id, provider, seq) = (offer.offer_id, offer.provider, offer.seq);
-        let bytes = offer.shared_bytes();
+        let stored = stored.unwrap_or_else(|| sled::IVec::from(offer.bytes()));
         let change = self.book.insert(offer, now)?;
         self.book_event(id, Some(provider), seq, true);
-        self.writer.put(id, bytes);
+        self.writer.put(id, stored);
         Ok(change)
     }
 
@@ -120,7 +127,7 @@ impl EventLoop {
     /// verified again.
     pub(super) fn publish_own_offer(&mut self, offer: Verified<Offer>) {
         let bytes = offer.bytes().to_vec();
-        if let Err(e) = self.admit_offer(offer, crate::clock::now()) {
+        if let Err(e) = self.admit_offer(offer, None, crate::clock::now()) {
             tracing::error!(error = %e, "our own offer failed validation; not publishing it");
             return;
         }
@@ -154,10 +161,10 @@ impl EventLoop {
         let (stored, unreadable) = self.store.offers();
         let mut loaded = 0;
         let mut dropped = unreadable;
-        for bytes in stored {
-            let ok = RawEnvelope::parse(&bytes)
-                .and_then(|raw| open_cached::<Offer>(&bytes, raw, &mut self.keys))
-                .and_then(|offer| self.admit_offer(offer, now));
+        for buf in stored {
+            // The book shares sled's buffer: the offer stays resident once.
+            let ok = open_shared::<Offer>(bytes::Bytes::from_owner(buf.clone()), &mut self.keys)
+                .and_then(|offer| self.admit_offer(offer, Some(buf), now));
             match ok {
                 Ok(_) => loaded += 1,
                 Err(_) => dropped += 1,

@@ -216,7 +216,7 @@ impl EventLoop {
         let mut matched = Vec::new();
         for o in offers {
             // Merge into the book; an answer that is not newer than what we hold is fine.
-            match self.admit_offer(o.clone(), now) {
+            match self.admit_offer(o.clone(), None, now) {
                 Ok(_) | Err(Invalid::Duplicate | Invalid::StaleSequence { .. }) => matched.push(o),
                 Err(e) => {
                     tracing::debug!(peer = %from, error = %e, "capacity answer carried an invalid offer")
@@ -455,17 +455,14 @@ impl EventLoop {
         let regossip = self.synced_once;
         let mut news = Vec::new();
         for b in answer.offers.iter().take(wire::MAX_SYNC_OFFERS) {
-            match RawEnvelope::parse(&b.0).and_then(|raw| open_cached::<Offer>(&b.0, raw, &mut self.keys)) {
-                Ok(o) => match self.admit_offer(o, now) {
-                    Ok(_) => {
-                        added += 1;
-                        if regossip && news.len() < MAX_REGOSSIP {
-                            news.push(&b.0);
-                        }
+            match self.ingest_offer(&b.0, now) {
+                Ok(_) => {
+                    added += 1;
+                    if regossip && news.len() < MAX_REGOSSIP {
+                        news.push(&b.0);
                     }
-                    Err(e) => faulty |= e.is_peer_fault(),
-                },
-                Err(_) => faulty = true,
+                }
+                Err(e) => faulty |= e.is_peer_fault(),
             }
         }
         if faulty {
