@@ -52,9 +52,9 @@ const STORE_CACHE: u64 = 256 * 1024 * 1024;
 /// An offer envelope in sled's own buffer type, and a handle on the same buffer for the offer
 /// book: written with [`OfferWriter::put`], the offer is then resident once, not twice.
 /// (sled keeps the value it was given; measured with `--example sledmem`.)
-pub fn shared_buffer(envelope: &[u8]) -> (sled::IVec, bytes::Bytes) {
+pub fn shared_buffer(envelope: &[u8]) -> (sled::IVec, gpumesh_protocol::SharedBytes) {
     let stored = sled::IVec::from(envelope);
-    (stored.clone(), bytes::Bytes::from_owner(stored))
+    (stored.clone(), gpumesh_protocol::SharedBytes::from_owner(stored))
 }
 
 impl Store {

@@ -4,6 +4,7 @@ use crate::id::{FixedBytes, decode_hex, to_hex};
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
+use std::sync::Arc;
 
 /// An owned byte string: CBOR major type 2 on the wire (serde would otherwise write a
 /// `Vec<u8>` as an array of integers), lowercase hex in JSON.
@@ -140,5 +141,59 @@ mod tests {
         assert!(serde_json::from_str::<Bytes>("\"\u{e9}\u{e9}\"").is_err());
         assert_eq!(serde_json::from_str::<Bytes>("\"00ff\"").unwrap(), Bytes(vec![0, 255]));
         assert!(serde_json::from_str::<Bytes>("\"0g\"").is_err());
+    }
+}
+
+/// Signed envelope bytes behind a reference count, cheap to clone: either a copy of our own
+/// or a buffer that something else owns and shares ([`SharedBytes::from_owner`]; the node
+/// hands the offer book the very buffer its store keeps, so an offer is resident once).
+#[derive(Clone)]
+pub struct SharedBytes(Shared);
+
+#[derive(Clone)]
+enum Shared {
+    Own(Arc<[u8]>),
+    Foreign(Arc<dyn AsRef<[u8]> + Send + Sync>),
+}
+
+impl SharedBytes {
+    /// A reference-counted copy of `bytes`.
+    pub fn copy_from_slice(bytes: &[u8]) -> SharedBytes {
+        SharedBytes(Shared::Own(Arc::from(bytes)))
+    }
+
+    /// Shares `owner`'s bytes without copying them.
+    pub fn from_owner<T: AsRef<[u8]> + Send + Sync + 'static>(owner: T) -> SharedBytes {
+        SharedBytes(Shared::Foreign(Arc::new(owner)))
+    }
+}
+
+impl From<Vec<u8>> for SharedBytes {
+    fn from(bytes: Vec<u8>) -> SharedBytes {
+        SharedBytes(Shared::Own(Arc::from(bytes)))
+    }
+}
+
+impl std::ops::Deref for SharedBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match &self.0 {
+            Shared::Own(b) => b,
+            Shared::Foreign(owner) => (**owner).as_ref(),
+        }
+    }
+}
+
+impl PartialEq for SharedBytes {
+    fn eq(&self, other: &SharedBytes) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for SharedBytes {}
+
+impl fmt::Debug for SharedBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SharedBytes({} bytes)", self.len())
     }
 }

@@ -11,6 +11,7 @@
 //! itself CBOR; it is decoded only after the signature over its exact bytes has been checked,
 //! and never re-encoded to be verified.
 
+use crate::bytes::SharedBytes;
 use crate::error::Invalid;
 use crate::id::NodeId;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
@@ -348,10 +349,6 @@ fn checked_body<T: Body>(raw: &RawEnvelope<'_>) -> Result<T, Invalid> {
     }
     Ok(body)
 }
-
-/// Envelope bytes behind a reference count, backed by any owner of bytes
-/// (`bytes::Bytes`).
-pub type SharedBytes = ::bytes::Bytes;
 
 /// A message whose envelope signature was verified and whose body names its signer. The only
 /// constructors are [`open`], [`open_raw`], [`open_cached`], [`open_shared`] and

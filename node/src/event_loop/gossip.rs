@@ -163,8 +163,9 @@ impl EventLoop {
         let mut dropped = unreadable;
         for buf in stored {
             // The book shares sled's buffer: the offer stays resident once.
-            let ok = open_shared::<Offer>(bytes::Bytes::from_owner(buf.clone()), &mut self.keys)
-                .and_then(|offer| self.admit_offer(offer, Some(buf), now));
+            let ok =
+                open_shared::<Offer>(gpumesh_protocol::SharedBytes::from_owner(buf.clone()), &mut self.keys)
+                    .and_then(|offer| self.admit_offer(offer, Some(buf), now));
             match ok {
                 Ok(_) => loaded += 1,
                 Err(_) => dropped += 1,

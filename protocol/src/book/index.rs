@@ -154,7 +154,7 @@ struct Group {
 /// by without decoding them. The decoded offer is not kept: it is several times the size.
 #[derive(Debug)]
 pub(super) struct Slot {
-    pub(super) bytes: crate::envelope::SharedBytes,
+    pub(super) bytes: crate::bytes::SharedBytes,
     pub(super) offer_id: OfferId,
     pub(super) provider: NodeId,
     pub(super) seq: u64,
