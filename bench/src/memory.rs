@@ -196,12 +196,6 @@ pub async fn run(args: &Args) -> Result<SuiteResult> {
         .await?;
     }
     let fill_s = t.elapsed().as_secs_f64();
-    let loaded = settled_rss(pid).await?;
-    // Private memory, and pages of mapped files (mostly the program's own code, shared by
-    // every node process on the machine).
-    let (anon, file) = (status_mib(pid, "RssAnon")?, status_mib(pid, "RssFile")?);
-    tokio::time::sleep(Duration::from_millis(1100)).await; // one more heap line in the log
-    let heap = last_heap_line(&root, "loaded");
 
     // A node that joins the loaded one and gets the same 10k offers by book sync (3 pages),
     // the way a node joining a network that holds them does: no gossip burst behind it.
@@ -212,8 +206,14 @@ pub async fn run(args: &Args) -> Result<SuiteResult> {
     })
     .await?;
     let jpid = joined.child.id();
-    let synced = settled_rss(jpid).await?;
+    // Both settle at once (each waits out a trim period); the loaded node has served the sync.
+    let (loaded, synced) = tokio::try_join!(settled_rss(pid), settled_rss(jpid))?;
+    // Private memory, and pages of mapped files (mostly the program's own code, shared by
+    // every node process on the machine).
+    let (anon, file) = (status_mib(pid, "RssAnon")?, status_mib(pid, "RssFile")?);
     let (janon, jfile) = (status_mib(jpid, "RssAnon")?, status_mib(jpid, "RssFile")?);
+    tokio::time::sleep(Duration::from_millis(1100)).await; // one more heap line in the logs
+    let heap = last_heap_line(&root, "loaded");
     drop(joined);
     drop(node);
 
@@ -267,7 +267,7 @@ pub async fn run(args: &Args) -> Result<SuiteResult> {
                 last_heap_line(&root, "joined")
             ),
             format!(
-                "node that received the 10k offers as a gossip burst ({fill_s:.1} s): RSS {loaded:.1} MiB = {anon:.1} MiB private + {file:.1} MiB of mapped files, {burst_verdict} the goal; {heap}; gossipsub keeps a burst's messages in its caches for 2 minutes and its tables at their peak size"
+                "node that received the 10k offers as a gossip burst ({fill_s:.1} s) and then served the sync: RSS {loaded:.1} MiB = {anon:.1} MiB private + {file:.1} MiB of mapped files, {burst_verdict} the goal; {heap}; gossipsub keeps a burst's messages in its caches for 2 minutes and its tables at their peak size"
             ),
             format!(
                 "testnet of {m} node processes: {} in {ready_s:.1} s, {total:.0} MiB in all",
