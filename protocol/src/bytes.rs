@@ -19,7 +19,18 @@ impl fmt::Debug for Bytes {
 
 impl Serialize for Bytes {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if s.is_human_readable() { s.serialize_str(&to_hex(&self.0)) } else { s.serialize_bytes(&self.0) }
+        BytesRef(&self.0).serialize(s)
+    }
+}
+
+/// A borrowed byte string that encodes exactly like [`Bytes`] (to send bytes held elsewhere
+/// without copying them first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BytesRef<'a>(pub &'a [u8]);
+
+impl Serialize for BytesRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() { s.serialize_str(&to_hex(self.0)) } else { s.serialize_bytes(self.0) }
     }
 }
 

@@ -35,7 +35,7 @@ pub mod time;
 pub mod wire;
 
 pub use book::{BookChange, BookConfig, OfferBook, SyncPage};
-pub use bytes::{Bytes, Digest32, Nonce, SharedBytes};
+pub use bytes::{Bytes, BytesRef, Digest32, Nonce, SharedBytes};
 pub use envelope::{Kind, Verified};
 pub use error::Invalid;
 pub use id::{LeaseId, NodeId, OfferId};

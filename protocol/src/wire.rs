@@ -4,7 +4,7 @@
 //! Each request-response stream carries exactly one CBOR item each way; the writer closes its
 //! side after the item. Sizes are capped before decoding.
 
-use crate::bytes::Bytes;
+use crate::bytes::{Bytes, BytesRef};
 use crate::envelope::decode_body;
 use crate::error::Invalid;
 use crate::id::{LeaseId, OfferId};
@@ -76,6 +76,16 @@ pub struct SyncAnswer {
     /// Present when more offers follow: the id of the last offer in this page, to send back
     /// as `after`. Omitted on the last page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<OfferId>,
+}
+
+/// What a node sends as a [`SyncAnswer`], borrowing the envelopes from its book instead of
+/// copying them: encodes byte for byte like a `SyncAnswer` with the same contents.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SyncAnswerRef<'a> {
+    pub v: u32,
+    pub offers: Vec<BytesRef<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub next: Option<OfferId>,
 }
 

@@ -5,7 +5,7 @@ use gpumesh_protocol::bytes::{Bytes, Digest32, Nonce};
 use gpumesh_protocol::envelope::{self, Body};
 use gpumesh_protocol::lease::messages::*;
 use gpumesh_protocol::wire::{
-    self, CapacityAnswer, CapacityQuery, LeaseRpc, LeaseRpcReply, SyncAnswer, SyncRequest,
+    self, CapacityAnswer, CapacityQuery, LeaseRpc, LeaseRpcReply, SyncAnswer, SyncAnswerRef, SyncRequest,
 };
 use gpumesh_protocol::*;
 use proptest::prelude::*;
@@ -164,6 +164,8 @@ proptest! {
         wire_round_trip(CapacityAnswer { v: 1, offers: offers.clone() }, wire::MAX_CAPACITY_ANSWER);
         let cursor = (which % 2 == 1).then(|| OfferId::from_bytes(*id.as_bytes()));
         wire_round_trip(SyncRequest { v: 1, network, after: cursor }, wire::MAX_SYNC_REQUEST);
+        let refs = SyncAnswerRef { v: 1, offers: blobs.iter().map(|b| BytesRef(b)).collect(), next: cursor };
+        prop_assert_eq!(wire::encode(&refs), wire::encode(&SyncAnswer { v: 1, offers: offers.clone(), next: cursor }));
         wire_round_trip(SyncAnswer { v: 1, offers, next: cursor }, wire::MAX_SYNC_ANSWER);
         let blob = Bytes(blobs.concat());
         let rpc = match which { 0 => LeaseRpc::Request(blob.clone()), 1 => LeaseRpc::Release(blob.clone()), _ => LeaseRpc::Status(id) };

@@ -7,8 +7,10 @@ use crate::lease_task::LeaseCommand;
 use crate::views::{CapacityAnswerView, CapacityReport, UnreachableView};
 use gpumesh_protocol::envelope::{RawEnvelope, open_cached};
 use gpumesh_protocol::query::Query;
-use gpumesh_protocol::wire::{self, CapacityAnswer, CapacityQuery, SyncAnswer, SyncRequest};
-use gpumesh_protocol::{Bytes, Invalid, LeaseId, NodeId, Offer, OfferId, PROTOCOL_VERSION, Verified};
+use gpumesh_protocol::wire::{self, CapacityAnswer, CapacityQuery, SyncAnswer, SyncAnswerRef, SyncRequest};
+use gpumesh_protocol::{
+    Bytes, BytesRef, Invalid, LeaseId, NodeId, Offer, OfferId, PROTOCOL_VERSION, Verified,
+};
 use libp2p::PeerId;
 use libp2p::request_response::{self, Event, Message};
 use libp2p::swarm::dial_opts::DialOpts;
@@ -419,12 +421,12 @@ impl EventLoop {
                             wire::MAX_SYNC_ANSWER - 64,
                             SYNC_FRAMING,
                         );
-                        let offers = page.offers.into_iter().map(|b| Bytes(b.to_vec())).collect();
-                        SyncAnswer { v: PROTOCOL_VERSION, offers, next: page.next }
+                        let offers = page.offers.into_iter().map(BytesRef).collect();
+                        SyncAnswerRef { v: PROTOCOL_VERSION, offers, next: page.next }
                     }
                     _ => {
                         tracing::debug!(peer = %peer, "refusing a sync request that does not decode or names another network");
-                        SyncAnswer { v: PROTOCOL_VERSION, offers: Vec::new(), next: None }
+                        SyncAnswerRef { v: PROTOCOL_VERSION, offers: Vec::new(), next: None }
                     }
                 };
                 let _ = self.swarm.behaviour_mut().sync.send_response(channel, wire::encode(&answer));
