@@ -7,15 +7,6 @@ mod index;
 
 pub use index::Hit;
 
-/// One page of a book sync ([`OfferBook::sync_page`]).
-#[derive(Debug)]
-pub struct SyncPage<'a> {
-    /// Signed offer bytes, in ascending offer id order.
-    pub offers: Vec<&'a [u8]>,
-    /// The id of the page's last offer when more follow it (the next request's `after`).
-    pub next: Option<OfferId>,
-}
-
 use crate::envelope::Verified;
 use crate::error::Invalid;
 use crate::id::{NodeId, OfferId};
@@ -25,6 +16,15 @@ use crate::rank::SortKey;
 use crate::time::Timestamp;
 use index::Index;
 use std::collections::{BTreeSet, HashMap};
+
+/// One page of a book sync ([`OfferBook::sync_page`]).
+#[derive(Debug)]
+pub struct SyncPage<'a> {
+    /// Signed offer bytes, in ascending offer id order.
+    pub offers: Vec<&'a [u8]>,
+    /// The id of the page's last offer when more follow it (the next request's `after`).
+    pub next: Option<OfferId>,
+}
 
 /// Tunables of an [`OfferBook`].
 #[derive(Clone, Copy, Debug)]
