@@ -84,19 +84,24 @@ impl Store {
 
     /// Removes an offer (not flushed).
     pub fn remove_offer(&self, id: &OfferId) -> Result<(), StoreError> {
-        self.offers.remove(id.as_bytes())?;
+        self.remove_offer_key(id.as_bytes())
+    }
+
+    /// Removes a stored offer by its key as [`Store::offers`] lists it (not flushed).
+    pub fn remove_offer_key(&self, key: &[u8]) -> Result<(), StoreError> {
+        self.offers.remove(key)?;
         Ok(())
     }
 
-    /// Every stored offer envelope (sled's own buffers). Unreadable entries are skipped (and
-    /// counted).
-    pub fn offers(&self) -> (Vec<sled::IVec>, usize) {
+    /// Every stored offer: its key and its envelope (sled's own buffers). Entries sled cannot
+    /// read are skipped (and counted).
+    pub fn offers(&self) -> (Vec<(sled::IVec, sled::IVec)>, usize) {
         let mut bad = 0;
         let v = self
             .offers
             .iter()
             .filter_map(|r| match r {
-                Ok((_, v)) => Some(v),
+                Ok(kv) => Some(kv),
                 Err(_) => {
                     bad += 1;
                     None
@@ -233,7 +238,7 @@ mod tests {
         assert_eq!(back.as_ptr(), shared.as_ptr());
         let (all, bad) = s.offers();
         assert_eq!((all.len(), bad), (1, 0));
-        assert_eq!(all[0].as_ptr(), shared.as_ptr());
+        assert_eq!(all[0].1.as_ptr(), shared.as_ptr());
     }
 
     fn lease(id: u8, gpu: &str, state: LeaseState) -> ProviderLease {

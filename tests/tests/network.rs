@@ -1,6 +1,7 @@
 //! Six providers joined through one bootstrap node: offers converge everywhere, a price change
 //! reaches all, a withdrawal at shutdown removes offers everywhere, a silent provider's offers
-//! expire everywhere, and a restarted node has its book back before it reconnects.
+//! expire everywhere, a restarted node has its book back before it reconnects and drops from
+//! its store what expired while it was down, and a late joiner gets a book of several sync pages.
 
 use anyhow::Result;
 use gpumesh_tests::{TestNode, test_config, wait_for};
@@ -113,6 +114,50 @@ async fn a_restarted_node_has_its_book_back_before_it_reconnects() -> Result<()>
     let status = b2.status().await?;
     assert_eq!(status.peers, 0, "the restarted node has no connections");
     assert_eq!(b2.offers_of(&pa).await?.len(), 2, "the book came back from the store");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offers_that_expired_while_a_node_was_down_leave_its_store_at_restart() -> Result<()> {
+    use gpumesh_node::store::Store;
+    let net = "t-expired-store";
+    let tmp = tempfile::tempdir()?;
+    let mut ca = test_config(net, Some("H100-SXM-80GB:2,RTX-4090:1"), &[]);
+    ca.offer_ttl = "2s".into();
+    let a = TestNode::start(ca).await?;
+    let boot = a.addr().await?;
+    let b_dir = tmp.path().join("b");
+    let mut b = TestNode::start_in(&b_dir, test_config(net, None, &[boot])).await?;
+    let pa = a.peer_id();
+    wait_for("b to learn a's offers", Duration::from_secs(20), || async {
+        matches!(b.offers_of(&pa).await, Ok(o) if o.len() == 2)
+    })
+    .await?;
+    b.stop().await;
+    let db = gpumesh_node::DataDir::new(&b_dir).db_path();
+    let latest = {
+        let (stored, _) = Store::open(&db)?.offers();
+        assert_eq!(stored.len(), 2, "b stored a's two offers");
+        stored
+            .iter()
+            .map(|(_, v)| {
+                gpumesh_protocol::envelope::open::<gpumesh_protocol::Offer>(v).map(|o| o.expires_at)
+            })
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .max()
+            .expect("two offers")
+    };
+    // Waiting on the clock itself: the offers' own expiry, at most a TTL (2 s) away.
+    wait_for("b's stored offers to expire", Duration::from_secs(10), || async {
+        gpumesh_node::clock::now() > latest
+    })
+    .await?;
+    // Restarted alone: nothing to load, and the expired offers are gone from the store too.
+    let mut b2 = TestNode::start_in(&b_dir, test_config(net, None, &[])).await?;
+    assert!(b2.offers_of(&pa).await?.is_empty());
+    b2.stop().await;
+    assert!(Store::open(&db)?.offers().0.is_empty(), "expired offers stay out of the store");
     Ok(())
 }
 

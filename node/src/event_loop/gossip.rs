@@ -90,12 +90,19 @@ impl EventLoop {
         stored: Option<sled::IVec>,
         now: Timestamp,
     ) -> Result<BookChange, Invalid> {
+        let id = offer.offer_id;
+        let stored = stored.unwrap_or_else(|| sled::IVec::from(offer.bytes()));
+        let change = self.admit_to_book(offer, now)?;
+        self.writer.put(id, stored);
+        Ok(change)
+    }
+
+    /// validate → book for an already verified offer, without writing it to the store.
+    fn admit_to_book(&mut self, offer: Verified<Offer>, now: Timestamp) -> Result<BookChange, Invalid> {
         offer.validate(&self.ctx(now))?;
         let (id, provider, seq) = (offer.offer_id, offer.provider, offer.seq);
-        let stored = stored.unwrap_or_else(|| sled::IVec::from(offer.bytes()));
         let change = self.book.insert(offer, now)?;
         self.book_event(id, Some(provider), seq, true);
-        self.writer.put(id, stored);
         Ok(change)
     }
 
@@ -155,20 +162,26 @@ impl EventLoop {
         }
     }
 
-    /// Loads unexpired offers from the store into the book (verifying each again).
+    /// Loads unexpired offers from the store into the book (verifying each again), and removes
+    /// from the store what no longer loads (expired while the node was down, over a lowered
+    /// cap, or damaged), so it is not read again at every start.
     pub(super) fn load_book(&mut self) {
         let now = crate::clock::now();
         let (stored, unreadable) = self.store.offers();
         let mut loaded = 0;
         let mut dropped = unreadable;
-        for buf in stored {
-            // The book shares sled's buffer: the offer stays resident once.
-            let ok =
-                open_shared::<Offer>(gpumesh_protocol::SharedBytes::from_owner(buf.clone()), &mut self.keys)
-                    .and_then(|offer| self.admit_offer(offer, Some(buf), now));
+        for (key, buf) in stored {
+            // The book shares sled's buffer, which stays where it is: resident once, not rewritten.
+            let ok = open_shared::<Offer>(gpumesh_protocol::SharedBytes::from_owner(buf), &mut self.keys)
+                .and_then(|offer| self.admit_to_book(offer, now));
             match ok {
                 Ok(_) => loaded += 1,
-                Err(_) => dropped += 1,
+                Err(_) => {
+                    dropped += 1;
+                    if let Err(e) = self.store.remove_offer_key(&key) {
+                        tracing::warn!(error = %e, "could not remove an offer that no longer loads");
+                    }
+                }
             }
         }
         tracing::info!(loaded, dropped, "offer book loaded from the store");
