@@ -4,9 +4,11 @@
 //! `ProviderLease`), `gpus` (GPU uuid → lease id holding it), `leases_renter` (lease id → CBOR
 //! `RenterLease`), `meta` (`seq` → the provider's last used sequence number, big-endian u64).
 //!
-//! What is flushed before it counts: a provider lease (grant, end) and a renter lease once
-//! answered. What is not: offers, the sequence counter (kept above the wall clock instead),
-//! and a renter's unanswered request.
+//! What is flushed before it counts: a provider lease (grant, end); a renter's request
+//! (flushed while it travels, on disk before a grant is reported) and every other renter
+//! outcome except the grant itself (a restart that finds the request asks the provider, whose
+//! grant is durable, for it again). What is not: offers and the sequence counter (kept above
+//! the wall clock instead).
 //!
 //! A provider lease and its GPU reservations are written in one transaction that refuses to
 //! reserve a GPU another live lease holds, then flushed: a grant never leaves the node before
@@ -174,17 +176,29 @@ impl Store {
             .collect()
     }
 
-    /// Writes a renter lease; flushes unless it is only `requested`. Losing an unanswered
-    /// request in a crash loses nothing anyone was told: the user's call had not returned,
-    /// and a grant the provider made meanwhile simply expires. Every answer (grant, reject,
-    /// receipt) is durable before the call returns.
+    /// Writes a renter lease, and flushes it unless it is `requested` or `active` (the rules
+    /// are on `RenterOutput::Persist`). A request is made durable by the caller with
+    /// [`Store::flush_in_background`], while it travels; a grant needs no flush of its own,
+    /// since the request on disk is enough to get it back from the provider after a crash.
+    /// Rejects, failures and receipts are durable before this returns.
     pub async fn persist_renter_lease(&self, lease: &RenterLease) -> Result<(), StoreError> {
+        use gpumesh_protocol::lease::LeaseState;
         let value = gpumesh_protocol::envelope::encode_body(lease);
         self.r_leases.insert(lease.lease_id.as_bytes(), value)?;
-        if lease.state != gpumesh_protocol::lease::LeaseState::Requested {
+        if !matches!(lease.state, LeaseState::Requested | LeaseState::Active) {
             self.db.flush_async().await?;
         }
         Ok(())
+    }
+
+    /// Flushes everything written so far on a task of its own; the handle tells when it is
+    /// on disk.
+    pub fn flush_in_background(&self) -> tokio::task::JoinHandle<Result<(), StoreError>> {
+        let db = self.db.clone();
+        tokio::spawn(async move {
+            db.flush_async().await?;
+            Ok(())
+        })
     }
 
     /// Every renter lease, and the number of unreadable records skipped.

@@ -494,3 +494,90 @@ fn a_lost_grant_is_recovered_by_asking_the_provider() {
     let out = r.handle(RenterInput::SendFailed { lease_id: id2, error: "timeout".into() }, NOW).unwrap();
     assert!(out.iter().any(|o| matches!(o, RenterOutput::Event(RenterEvent::Failed { .. }))));
 }
+
+/// A renter's grant record need not reach the disk (only its request must): after a crash
+/// the restored `Requested` record is asked about until the provider answers, across any
+/// number of failed attempts, and gives up only once no lease made from it could still run.
+#[test]
+fn a_restored_request_is_asked_about_until_the_provider_answers_or_no_lease_could_run() {
+    let (mut p, g) = provider(1, false);
+    let config = RenterConfig { network: NET.into(), receipt_grace_ms: 60_000, status_retry_ms: 1000 };
+    let mut r = RenterEngine::new(key(1), config.clone());
+    let ask = |nonce: u8| LeaseAsk {
+        provider: id_of(&key(100)),
+        offer_id: g.offer_id,
+        price: g.price,
+        max_price: g.price,
+        gpus: 1,
+        duration_s: 600,
+        ssh_key: None,
+        nonce: Nonce([nonce; 16]),
+    };
+    // Lease 1 is granted and answered; the renter then crashes with only its request on disk.
+    let outs = r.handle(RenterInput::Lease(ask(7)), NOW).unwrap();
+    let RenterOutput::Persist(on_disk) = outs[0].clone() else { panic!("the request is persisted first") };
+    assert_eq!(on_disk.state, LeaseState::Requested);
+    let events = exchange(&mut r, &mut p, outs, NOW);
+    assert_eq!(events, vec![RenterEvent::Granted(on_disk.lease_id)]);
+    let granted = r.lease(&on_disk.lease_id).unwrap().clone();
+
+    // Restart with the request only: the provider is unreachable three times in a row; the
+    // engine keeps asking (a live request would have failed after the second).
+    let mut r = RenterEngine::new(key(1), config.clone());
+    let id = on_disk.lease_id;
+    let outs = r.handle(RenterInput::Restore(vec![on_disk.clone()]), NOW.plus_secs(5)).unwrap();
+    assert_eq!(
+        outs,
+        vec![RenterOutput::Send { provider: id_of(&key(100)), lease_id: id, rpc: LeaseRpc::Status(id) }]
+    );
+    let mut now = NOW.plus_secs(5);
+    for _ in 0..3 {
+        let outs =
+            r.handle(RenterInput::SendFailed { lease_id: id, error: "unreachable".into() }, now).unwrap();
+        assert_eq!(outs, vec![RenterOutput::ScheduleTimer { lease_id: id, at: now.plus_millis(1000) }]);
+        now = now.plus_millis(1000);
+        let outs = r.handle(RenterInput::Timer { lease_id: id }, now).unwrap();
+        assert_eq!(
+            outs,
+            vec![RenterOutput::Send { provider: id_of(&key(100)), lease_id: id, rpc: LeaseRpc::Status(id) }]
+        );
+    }
+    // Then it answers: the same grant, so the same lease as before the crash.
+    let events = exchange(&mut r, &mut p, outs_status(id), now);
+    assert_eq!(events, vec![RenterEvent::Granted(id)]);
+    let back = r.lease(&id).unwrap();
+    assert_eq!(
+        (back.state, &back.grant, &back.gpu_uuids, back.end),
+        (LeaseState::Active, &granted.grant, &granted.gpu_uuids, granted.end)
+    );
+    // Once answered, a later failure to reach the provider is not a reason to retry forever.
+    let outs = r.handle(RenterInput::Timer { lease_id: id }, now).unwrap();
+    assert!(outs.iter().all(|o| !matches!(o, RenterOutput::Send { rpc: LeaseRpc::Status(_), .. })));
+
+    // A second request restored while its provider stays unreachable: still asked about just
+    // before its latest possible end (request time + duration + replay window + grace), failed
+    // at it.
+    let mut r = RenterEngine::new(key(1), config);
+    let outs = r.handle(RenterInput::Lease(ask(8)), NOW).unwrap();
+    let RenterOutput::Persist(req2) = outs[0].clone() else { panic!() };
+    let mut r = RenterEngine::new(
+        key(1),
+        RenterConfig { network: NET.into(), receipt_grace_ms: 60_000, status_retry_ms: 1000 },
+    );
+    r.handle(RenterInput::Restore(vec![req2.clone()]), NOW).unwrap();
+    let last = NOW.plus_secs(600).plus_millis(lease::REQUEST_MAX_AGE_MS + 60_000);
+    let before = Timestamp(last.0 - 1);
+    let outs = r
+        .handle(RenterInput::SendFailed { lease_id: req2.lease_id, error: "unreachable".into() }, before)
+        .unwrap();
+    assert!(matches!(outs[..], [RenterOutput::ScheduleTimer { .. }]), "{outs:?}");
+    let outs = r
+        .handle(RenterInput::SendFailed { lease_id: req2.lease_id, error: "unreachable".into() }, last)
+        .unwrap();
+    assert!(outs.iter().any(|o| matches!(o, RenterOutput::Event(RenterEvent::Failed { .. }))), "{outs:?}");
+    assert_eq!(r.lease(&req2.lease_id).unwrap().state, LeaseState::Failed);
+}
+
+fn outs_status(id: LeaseId) -> Vec<RenterOutput> {
+    vec![RenterOutput::Send { provider: id_of(&key(100)), lease_id: id, rpc: LeaseRpc::Status(id) }]
+}

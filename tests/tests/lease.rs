@@ -308,3 +308,59 @@ async fn a_short_lease_expires_on_both_sides_and_the_gpu_comes_back() -> Result<
     .await?;
     Ok(())
 }
+
+/// A renter makes its request durable before it reports a grant, but not the grant itself: a
+/// crash just after the answer may leave only the request on disk. Restarted like that, the
+/// renter asks the provider and gets the very same lease back (same GPUs, same end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renter_that_lost_its_grant_record_in_a_crash_gets_the_same_lease_back() -> Result<()> {
+    use gpumesh_node::datadir::DataDir;
+    use gpumesh_node::store::Store;
+    use gpumesh_protocol::lease::LeaseState;
+    let net = "t-lease-regrant";
+    let provider = TestNode::start(test_config(net, Some("H100-SXM-80GB:2"), &[])).await?;
+    let boot = provider.addr().await?;
+    let tmp = tempfile::tempdir()?;
+    let r_dir = tmp.path().join("renter");
+    let mut renter = TestNode::start_in(&r_dir, test_config(net, None, std::slice::from_ref(&boot))).await?;
+    let offer_id = offer_of(&renter, &provider).await?;
+    let granted = match lease(&renter, &offer_id, 1, 600).await? {
+        Ok(v) => v,
+        Err(e) => bail!("lease failed: {e}"),
+    };
+    assert_eq!(granted.state, "active");
+    renter.crash().await;
+
+    // Put the store back to what such a crash leaves: the request, no grant.
+    {
+        let store = Store::open(&DataDir::new(&r_dir).db_path())?;
+        let (leases, _) = store.renter_leases();
+        let Some(mut l) = leases.into_iter().find(|l| l.lease_id.to_string() == granted.lease_id) else {
+            bail!("the renter's store has no record of lease {}", granted.lease_id)
+        };
+        l.state = LeaseState::Requested;
+        l.grant = None;
+        l.gpu_uuids.clear();
+        l.start = None;
+        l.end = None;
+        l.access.clear();
+        store.persist_renter_lease(&l).await?;
+        store.flush().await?;
+    }
+
+    let renter = TestNode::start_in(&r_dir, test_config(net, None, &[boot])).await?;
+    let back = poll("the restored lease active again", Duration::from_secs(30), || async {
+        let v = renter.handle().lease_show(granted.lease_id.clone()).await.ok()?.ok()?;
+        (v.state == "active").then_some(v)
+    })
+    .await?;
+    assert_eq!((&back.gpu_uuids, &back.start, &back.end), (&granted.gpu_uuids, &granted.start, &granted.end));
+    // The provider holds that one lease, on the same GPU.
+    let at_provider = provider.handle().leases().await?;
+    assert_eq!(at_provider.len(), 1, "{at_provider:?}");
+    assert_eq!(
+        (&at_provider[0].lease_id, &at_provider[0].gpu_uuids),
+        (&granted.lease_id, &granted.gpu_uuids)
+    );
+    Ok(())
+}

@@ -117,6 +117,9 @@ pub(crate) struct LeaseTask {
     internal_rx: mpsc::Receiver<Internal>,
     timers: BinaryHeap<Reverse<(Timestamp, Timer)>>,
     lease_waiters: HashMap<LeaseId, oneshot::Sender<Result<LeaseView, LeaseError>>>,
+    /// Flushes of requests still travelling: a grant is reported only once its request is on
+    /// disk (see `RenterOutput::Persist`).
+    request_flushes: HashMap<LeaseId, tokio::task::JoinHandle<Result<(), crate::store::StoreError>>>,
     /// Every caller waiting on a release of a lease (two may release the same lease at once).
     release_waiters: HashMap<LeaseId, Vec<oneshot::Sender<Result<LeaseView, LeaseError>>>>,
     publish_scheduled: bool,
@@ -144,7 +147,7 @@ impl LeaseTask {
             ProviderConfig {
                 network: s.network.clone(),
                 max_clock_skew_ms: s.max_clock_skew.as_millis() as u64,
-                request_max_age_ms: 120_000,
+                request_max_age_ms: gpumesh_protocol::lease::REQUEST_MAX_AGE_MS,
                 policy: s.policy.clone(),
                 start_hook: s.on_lease_start.is_some(),
             },
@@ -174,6 +177,7 @@ impl LeaseTask {
             internal_rx,
             timers: BinaryHeap::new(),
             lease_waiters: HashMap::new(),
+            request_flushes: HashMap::new(),
             release_waiters: HashMap::new(),
             publish_scheduled: false,
         }

@@ -95,6 +95,10 @@ impl LeaseTask {
                     if let Err(e) = self.store.persist_renter_lease(&l).await {
                         tracing::error!(lease = %l.lease_id, error = %e, "could not persist a renter lease");
                     }
+                    if l.state == LeaseState::Requested {
+                        // On disk while the request travels; waited for before a grant is told.
+                        self.request_flushes.insert(l.lease_id, self.store.flush_in_background());
+                    }
                 }
                 RenterOutput::Send { provider, lease_id, rpc } => {
                     let bytes = wire::encode(&rpc);
@@ -120,7 +124,7 @@ impl LeaseTask {
             RenterEvent::Granted(id) => {
                 tracing::info!(lease = %id, "lease granted to us");
                 self.metrics.lease("renter", "granted");
-                self.answer_lease(id, Ok);
+                self.answer_grant(id);
             }
             RenterEvent::Rejected { lease_id, reason, detail } => {
                 tracing::info!(lease = %lease_id, reason = %reason, detail = %detail, "lease rejected");
@@ -163,9 +167,34 @@ impl LeaseTask {
     }
 
     fn answer_lease(&mut self, id: LeaseId, f: impl FnOnce(LeaseView) -> Result<LeaseView, LeaseError>) {
+        self.request_flushes.remove(&id);
         if let (Some(w), Some(v)) = (self.lease_waiters.remove(&id), self.renter_view(&id)) {
             let _ = w.send(f(v));
         }
+    }
+
+    /// Tells the caller of a granted lease once its request is on disk: from then on a crash
+    /// cannot lose the lease (a restart asks the provider for the grant again).
+    fn answer_grant(&mut self, id: LeaseId) {
+        let flush = self.request_flushes.remove(&id);
+        let (Some(w), Some(v)) = (self.lease_waiters.remove(&id), self.renter_view(&id)) else { return };
+        let Some(flush) = flush else {
+            let _ = w.send(Ok(v));
+            return;
+        };
+        tokio::spawn(async move {
+            let stored = match flush.await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let _ = w.send(stored.map(|()| v).map_err(|e| {
+                LeaseError::Failed(format!(
+                    "lease {id} was granted, but this node could not store it on disk ({e}); it runs \
+                     at the provider, and this node forgets it if it restarts: release it with \
+                     `gpumesh release {id}` or fix the data dir's disk"
+                ))
+            }));
+        });
     }
 
     /// Answers every caller waiting on a release of `id`.

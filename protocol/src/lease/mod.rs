@@ -11,6 +11,10 @@ use crate::price::Price;
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 
+/// The reference replay window: a provider refuses a lease request issued longer ago than
+/// this (protocol section 8.2), ms.
+pub const REQUEST_MAX_AGE_MS: u64 = 120_000;
+
 /// One physical GPU a provider can lease.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct GpuUnit {

@@ -2,9 +2,8 @@
 //!
 //! It signs requests and releases, checks every reply against what it asked (signer, request
 //! digest, lease id, GPU count, price, duration), and asks the provider for a receipt when a
-//! lease's time is up. Outputs are carried out in order. A `Persist` of an answered lease
-//! must be durable before the outcome is reported; the node may write the `Requested` record
-//! without waiting for the disk (see the node's store for why).
+//! lease's time is up. Outputs are carried out in order; see [`RenterOutput::Persist`] for
+//! what must be durable when.
 
 use super::messages::*;
 use super::{LeaseState, RenterLease};
@@ -66,9 +65,25 @@ pub enum RenterInput {
 /// What the node must do, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RenterOutput {
+    /// Store this record of a lease. When it must be on disk depends on its state:
+    ///
+    /// - `Requested`: before a `Granted` event for it is reported, but not before the
+    ///   `Send` that follows it (the write may run while the request travels). A restarted
+    ///   engine asks the provider `status` for every `Requested` lease it restores.
+    /// - `Active`: need not be made durable at all. The `Requested` record is; a restart
+    ///   that finds only it asks `status`, and the provider (whose grant was durable before
+    ///   it was sent) answers with the same signed grant.
+    /// - every other state: before the event that reports it.
     Persist(RenterLease),
-    Send { provider: NodeId, lease_id: LeaseId, rpc: LeaseRpc },
-    ScheduleTimer { lease_id: LeaseId, at: Timestamp },
+    Send {
+        provider: NodeId,
+        lease_id: LeaseId,
+        rpc: LeaseRpc,
+    },
+    ScheduleTimer {
+        lease_id: LeaseId,
+        at: Timestamp,
+    },
     Event(RenterEvent),
 }
 
@@ -125,6 +140,10 @@ pub struct RenterEngine {
     leases: HashMap<LeaseId, RenterLease>,
     /// Requested leases whose request went unanswered and that were asked about once.
     status_asked: HashSet<LeaseId>,
+    /// Requested leases restored after a restart: the user may have been told of a grant, so
+    /// the engine keeps asking `status` until the provider answers or no lease made from the
+    /// request could still be running.
+    recovering: HashSet<LeaseId>,
     /// Decompressed keys of providers (a cache, hence shared mutability behind `&self`).
     keys: RefCell<KeyCache>,
 }
@@ -139,6 +158,7 @@ impl RenterEngine {
             config,
             leases: HashMap::new(),
             status_asked: HashSet::new(),
+            recovering: HashSet::new(),
             keys: RefCell::new(KeyCache::new(4096)),
         }
     }
@@ -187,12 +207,16 @@ impl RenterEngine {
                 for l in leases {
                     let id = l.lease_id;
                     match l.state {
-                        // We stopped before the answer came: ask the provider what happened.
-                        LeaseState::Requested => out.push(RenterOutput::Send {
-                            provider: l.provider,
-                            lease_id: id,
-                            rpc: LeaseRpc::Status(id),
-                        }),
+                        // We stopped before the answer came, or before the grant's record
+                        // reached the disk: ask the provider what happened.
+                        LeaseState::Requested => {
+                            self.recovering.insert(id);
+                            out.push(RenterOutput::Send {
+                                provider: l.provider,
+                                lease_id: id,
+                                rpc: LeaseRpc::Status(id),
+                            })
+                        }
                         LeaseState::Active => {
                             out.push(RenterOutput::ScheduleTimer { lease_id: id, at: l.end.unwrap_or(now) })
                         }
@@ -202,6 +226,9 @@ impl RenterEngine {
                 }
             }
         }
+        // A restored request stops being recovered once the provider has answered it.
+        let leases = &self.leases;
+        self.recovering.retain(|id| leases.get(id).is_some_and(|l| l.state == LeaseState::Requested));
         Ok(out)
     }
 
@@ -426,6 +453,23 @@ impl RenterEngine {
     ) {
         let Some(l) = self.leases.get(&lease_id) else { return };
         match l.state {
+            // Restored: keep asking while a lease made from this request could still run.
+            LeaseState::Requested if self.recovering.contains(&lease_id) => {
+                if now >= self.latest_possible_end(l) {
+                    self.recovering.remove(&lease_id);
+                    self.fail(
+                        lease_id,
+                        format!(
+                            "the provider could not be reached since this node restarted, and any lease \
+                             made from this request would have ended by now: {error}"
+                        ),
+                        out,
+                    );
+                } else {
+                    let at = now.plus_millis(self.config.status_retry_ms);
+                    out.push(RenterOutput::ScheduleTimer { lease_id, at });
+                }
+            }
             // The request may have been granted and the answer lost (or the provider crashed
             // after making the grant durable): ask once what became of it.
             LeaseState::Requested if !self.status_asked.contains(&lease_id) => {
@@ -459,6 +503,10 @@ impl RenterEngine {
 
     fn on_timer(&mut self, lease_id: LeaseId, now: Timestamp, out: &mut Vec<RenterOutput>) {
         let Some(l) = self.leases.get(&lease_id) else { return };
+        if l.state == LeaseState::Requested && self.recovering.contains(&lease_id) {
+            out.push(RenterOutput::Send { provider: l.provider, lease_id, rpc: LeaseRpc::Status(lease_id) });
+            return;
+        }
         if l.state != LeaseState::Active {
             return;
         }
@@ -470,6 +518,17 @@ impl RenterEngine {
         } else {
             out.push(RenterOutput::Send { provider: l.provider, lease_id, rpc: LeaseRpc::Status(lease_id) });
         }
+    }
+}
+
+impl RenterEngine {
+    /// The latest a lease granted on this request could end, with room to spare: a provider
+    /// grants a request at most the replay window after it was issued (plus clock skew, which
+    /// `receipt_grace_ms` covers), and the lease runs `duration_s` from its grant.
+    fn latest_possible_end(&self, l: &RenterLease) -> Timestamp {
+        l.requested_at
+            .plus_secs(l.duration_s)
+            .plus_millis(super::REQUEST_MAX_AGE_MS + self.config.receipt_grace_ms)
     }
 }
 
