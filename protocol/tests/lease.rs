@@ -159,6 +159,34 @@ fn replayed_nonce_is_rejected() {
     assert_eq!(e.free_gpus(&g.offer_id), 3);
 }
 
+/// The table of seen nonces is pruned only now and then on a busy provider; every nonce still
+/// inside the replay window must survive the pruning.
+#[test]
+fn a_nonce_stays_refused_within_the_window_after_thousands_of_requests() {
+    let (mut e, g) = provider(1, false);
+    let reqs: Vec<Vec<u8>> = (0..3000u32)
+        .map(|i| {
+            request(&key(1), &g, 1, 0, |r| {
+                r.nonce.0[..4].copy_from_slice(&i.to_be_bytes());
+                r.issued_at = NOW.plus_millis(u64::from(i));
+            })
+        })
+        .collect();
+    for (i, req) in reqs.iter().enumerate() {
+        let now = NOW.plus_millis(i as u64);
+        let want = if i == 0 { None } else { Some(RejectReason::NoCapacity) };
+        assert_eq!(reject_reason(&send(&mut e, i as u64, req, now)), want, "request {i}");
+    }
+    let now = NOW.plus_millis(3000);
+    for i in [0, 1, 1024, 1500, 2999] {
+        assert_eq!(
+            reject_reason(&send(&mut e, 9000, &reqs[i], now)),
+            Some(RejectReason::Replayed),
+            "request {i}"
+        );
+    }
+}
+
 #[test]
 fn policy_denies_and_limits() {
     let (mut e, g) = provider(4, false);

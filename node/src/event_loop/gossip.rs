@@ -235,6 +235,10 @@ impl EventLoop {
         if p.is_empty() {
             return Err(LookupError::NotFound(prefix.into()));
         }
+        // A whole id is looked up, not matched against every id in the book.
+        if let Ok(id) = p.parse::<gpumesh_protocol::OfferId>() {
+            return self.book.get(&id, now).ok_or_else(|| LookupError::NotFound(prefix.into()));
+        }
         let matches: Vec<&gpumesh_protocol::OfferId> =
             self.book.live_ids(now).filter(|id| id.to_string().starts_with(&p)).collect();
         match matches[..] {

@@ -324,6 +324,11 @@ impl LeaseTask {
     /// Resolves a lease id or unique prefix, across both roles.
     fn resolve(&self, prefix: &str) -> Result<LeaseId, LeaseError> {
         let p = prefix.trim().to_ascii_lowercase();
+        // A whole id is looked up, not matched against every lease this node ever had.
+        if let Ok(id) = p.parse::<LeaseId>() {
+            let known = self.renter.lease(&id).is_some() || self.provider.lease(&id).is_some();
+            return if known { Ok(id) } else { Err(LeaseError::NotFound(prefix.into())) };
+        }
         let mut ids: Vec<LeaseId> = self
             .renter
             .leases()

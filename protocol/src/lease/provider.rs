@@ -141,11 +141,16 @@ pub struct ProviderEngine {
     allocated: HashMap<String, LeaseId>,
     /// (renter, nonce) → request issued_at, for replay refusal within the request window.
     seen: HashMap<(NodeId, [u8; 16]), Timestamp>,
+    /// `seen` is pruned when it grows past this many entries.
+    prune_seen_at: usize,
     /// Reply tokens of requests waiting on a start hook.
     waiting: HashMap<LeaseId, ReplyToken>,
     /// Decompressed keys of renters.
     keys: KeyCache,
 }
+
+/// The smallest `seen` table worth pruning.
+const SEEN_PRUNE_MIN: usize = 1024;
 
 impl ProviderEngine {
     /// A new engine that signs with `key`.
@@ -159,6 +164,7 @@ impl ProviderEngine {
             leases: HashMap::new(),
             allocated: HashMap::new(),
             seen: HashMap::new(),
+            prune_seen_at: SEEN_PRUNE_MIN,
             waiting: HashMap::new(),
             keys: KeyCache::new(4096),
         }
@@ -689,10 +695,14 @@ impl ProviderEngine {
         out.push(ProviderOutput::Event(ProviderEvent::Ended { lease_id, state: l.state }));
     }
 
+    /// Forgets nonces too old to be replayed. Runs when the table has doubled since the last
+    /// pass (at least 1024 entries), so a busy provider whose nonces are all recent does not
+    /// scan them all on every request.
     fn prune_seen(&mut self, now: Timestamp) {
         let horizon = self.config.request_max_age_ms + self.config.max_clock_skew_ms;
-        if self.seen.len() > 1024 {
+        if self.seen.len() > self.prune_seen_at {
             self.seen.retain(|_, at| at.0.saturating_add(horizon) >= now.0);
+            self.prune_seen_at = (2 * self.seen.len()).max(SEEN_PRUNE_MIN);
         }
     }
 }
