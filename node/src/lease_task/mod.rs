@@ -119,7 +119,7 @@ pub(crate) struct LeaseTask {
     lease_waiters: HashMap<LeaseId, oneshot::Sender<Result<LeaseView, LeaseError>>>,
     /// Flushes of requests still travelling: a grant is reported only once its request is on
     /// disk (see `RenterOutput::Persist`).
-    request_flushes: HashMap<LeaseId, tokio::task::JoinHandle<Result<(), crate::store::StoreError>>>,
+    request_flushes: HashMap<LeaseId, crate::store::FlushTicket>,
     /// Every caller waiting on a release of a lease (two may release the same lease at once).
     release_waiters: HashMap<LeaseId, Vec<oneshot::Sender<Result<LeaseView, LeaseError>>>>,
     publish_scheduled: bool,

@@ -183,11 +183,7 @@ impl LeaseTask {
             return;
         };
         tokio::spawn(async move {
-            let stored = match flush.await {
-                Ok(r) => r.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            let _ = w.send(stored.map(|()| v).map_err(|e| {
+            let _ = w.send(flush.wait().await.map(|()| v).map_err(|e| {
                 LeaseError::Failed(format!(
                     "lease {id} was granted, but this node could not store it on disk ({e}); it runs \
                      at the provider, and this node forgets it if it restarts: release it with \
