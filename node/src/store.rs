@@ -12,7 +12,7 @@
 //!
 //! A provider lease and its GPU reservations are written in one transaction that refuses to
 //! reserve a GPU another live lease holds, then flushed: a grant never leaves the node before
-//! that. Offers are not flushed one by one (sled flushes every 500 ms); losing the last
+//! that. Every flush goes through the store's flusher thread, one at a time (see [`Store::flush`]). Offers are not flushed one by one (sled flushes every 500 ms); losing the last
 //! moment of gossip in a crash costs nothing, since offers are re-gossiped.
 
 use gpumesh_protocol::lease::{ProviderLease, RenterLease};
@@ -55,27 +55,47 @@ pub struct Store {
 /// the same pool runs: with enough flushes at once (a hundred concurrent leases in one
 /// process) every pool thread waited and none wrote, and the process hung.
 #[derive(Clone, Debug)]
-struct Flusher {
-    /// A request carries the database, so the thread holds none while idle (a store closed
-    /// by its owner is closed, and its data dir can be opened again at once).
-    requests: std::sync::mpsc::Sender<(sled::Db, oneshot::Sender<Result<(), String>>)>,
+struct Flusher(std::sync::Arc<FlusherThread>);
+
+type FlushRequest = oneshot::Sender<Result<(), String>>;
+
+#[derive(Debug)]
+struct FlusherThread {
+    requests: Option<std::sync::mpsc::Sender<FlushRequest>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Flusher {
-    fn start() -> std::io::Result<Flusher> {
-        let (requests, rx) = std::sync::mpsc::channel::<(sled::Db, oneshot::Sender<Result<(), String>>)>();
-        std::thread::Builder::new().name("gpumesh-flusher".into()).spawn(move || {
+    fn start(db: sled::Db) -> std::io::Result<Flusher> {
+        let (requests, rx) = std::sync::mpsc::channel::<FlushRequest>();
+        let thread = std::thread::Builder::new().name("gpumesh-flusher".into()).spawn(move || {
             while let Ok(first) = rx.recv() {
                 let mut batch = vec![first];
                 batch.extend(rx.try_iter());
                 // Everything the batch's callers wrote was written before they asked.
-                let result = batch[0].0.flush().map(|_| ()).map_err(|e| e.to_string());
-                for (_, done) in batch {
+                let result = db.flush().map(|_| ()).map_err(|e| e.to_string());
+                for done in batch {
                     let _ = done.send(result.clone());
                 }
             }
         })?;
-        Ok(Flusher { requests })
+        Ok(Flusher(std::sync::Arc::new(FlusherThread { requests: Some(requests), thread: Some(thread) })))
+    }
+
+    fn request(&self, done: FlushRequest) -> bool {
+        self.0.requests.as_ref().is_some_and(|r| r.send(done).is_ok())
+    }
+}
+
+impl Drop for FlusherThread {
+    /// The last handle on the store is gone: let the thread answer what is queued, and wait
+    /// until it has dropped its handle on the database, so that the data dir can be opened
+    /// again as soon as the store's owner is done with it.
+    fn drop(&mut self) {
+        self.requests.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -85,6 +105,11 @@ impl Flusher {
 pub struct FlushTicket(Result<oneshot::Receiver<Result<(), String>>, String>);
 
 impl FlushTicket {
+    /// A ticket for a write that already failed: waiting on it reports `why`.
+    pub fn failed(why: String) -> FlushTicket {
+        FlushTicket(Err(why))
+    }
+
     /// Waits until everything written before the ticket was taken is on disk.
     pub async fn wait(self) -> Result<(), StoreError> {
         let rx = self.0.map_err(StoreError::Flush)?;
@@ -124,7 +149,7 @@ impl Store {
             gpus: db.open_tree("gpus")?,
             r_leases: db.open_tree("leases_renter")?,
             meta: db.open_tree("meta")?,
-            flusher: Flusher::start()
+            flusher: Flusher::start(db.clone())
                 .map_err(|e| StoreError::Flush(format!("cannot start the flusher thread: {e}")))?,
             db,
         })
@@ -246,9 +271,10 @@ impl Store {
     /// Asks for everything written so far to be flushed, without waiting for it.
     pub fn flush_in_background(&self) -> FlushTicket {
         let (done, rx) = oneshot::channel();
-        FlushTicket(match self.flusher.requests.send((self.db.clone(), done)) {
-            Ok(()) => Ok(rx),
-            Err(_) => Err("the flusher thread stopped".into()),
+        FlushTicket(if self.flusher.request(done) {
+            Ok(rx)
+        } else {
+            Err("the flusher thread stopped".into())
         })
     }
 

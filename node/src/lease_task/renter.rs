@@ -92,12 +92,17 @@ impl LeaseTask {
         for o in outputs {
             match o {
                 RenterOutput::Persist(l) => {
-                    if let Err(e) = self.store.persist_renter_lease(&l).await {
+                    let written = self.store.persist_renter_lease(&l).await;
+                    if let Err(e) = &written {
                         tracing::error!(lease = %l.lease_id, error = %e, "could not persist a renter lease");
                     }
                     if l.state == LeaseState::Requested {
                         // On disk while the request travels; waited for before a grant is told.
-                        self.request_flushes.insert(l.lease_id, self.store.flush_in_background());
+                        let ticket = match written {
+                            Ok(()) => self.store.flush_in_background(),
+                            Err(e) => crate::store::FlushTicket::failed(e.to_string()),
+                        };
+                        self.request_flushes.insert(l.lease_id, ticket);
                     }
                 }
                 RenterOutput::Send { provider, lease_id, rpc } => {
