@@ -344,6 +344,20 @@ fn restore_keeps_active_leases_and_fails_half_started_ones() {
 }
 
 /// Runs a renter engine (always key 1) against a provider engine in memory, message by message.
+/// A renter's ask for one GPU of `g` for 600 s at the offer's price.
+fn one_gpu_ask(g: &GpuGroup, nonce: u8) -> LeaseAsk {
+    LeaseAsk {
+        provider: id_of(&key(100)),
+        offer_id: g.offer_id,
+        price: g.price,
+        max_price: g.price,
+        gpus: 1,
+        duration_s: 600,
+        ssh_key: None,
+        nonce: Nonce([nonce; 16]),
+    }
+}
+
 fn exchange(
     r: &mut RenterEngine,
     p: &mut ProviderEngine,
@@ -423,16 +437,7 @@ fn renter_refuses_a_grant_that_does_not_match_its_request() {
         key(1),
         RenterConfig { network: NET.into(), receipt_grace_ms: 60_000, status_retry_ms: 1000 },
     );
-    let ask = |nonce| LeaseAsk {
-        provider: id_of(&key(100)),
-        offer_id: g.offer_id,
-        price: g.price,
-        max_price: g.price,
-        gpus: 1,
-        duration_s: 600,
-        ssh_key: None,
-        nonce: Nonce([nonce; 16]),
-    };
+    let ask = |nonce| one_gpu_ask(&g, nonce);
     // Get a real grant for lease A, then present it as the answer to lease B.
     let outs_a = r.handle(RenterInput::Lease(ask(1)), NOW).unwrap();
     let RenterOutput::Send { rpc: LeaseRpc::Request(req_a), .. } = &outs_a[1] else { panic!() };
@@ -474,16 +479,7 @@ fn a_lost_grant_is_recovered_by_asking_the_provider() {
         key(1),
         RenterConfig { network: NET.into(), receipt_grace_ms: 60_000, status_retry_ms: 1000 },
     );
-    let ask = LeaseAsk {
-        provider: id_of(&key(100)),
-        offer_id: g.offer_id,
-        price: g.price,
-        max_price: g.price,
-        gpus: 1,
-        duration_s: 600,
-        ssh_key: None,
-        nonce: Nonce([4; 16]),
-    };
+    let ask = one_gpu_ask(&g, 4);
     let outs = r.handle(RenterInput::Lease(ask), NOW).unwrap();
     let RenterOutput::Send { lease_id, rpc: LeaseRpc::Request(req), .. } = &outs[1] else { panic!() };
     // The provider grants, but the answer never arrives.
@@ -502,19 +498,7 @@ fn a_lost_grant_is_recovered_by_asking_the_provider() {
     let ev = exchange(&mut r, &mut p, outs, NOW);
     assert_eq!(ev, vec![RenterEvent::Granted(*lease_id)]);
     // A second lost answer after that is a failure, not an endless retry.
-    let ask2 = LeaseAsk {
-        nonce: Nonce([5; 16]),
-        ..LeaseAsk {
-            provider: id_of(&key(100)),
-            offer_id: g.offer_id,
-            price: g.price,
-            max_price: g.price,
-            gpus: 1,
-            duration_s: 600,
-            ssh_key: None,
-            nonce: Nonce([0; 16]),
-        }
-    };
+    let ask2 = one_gpu_ask(&g, 5);
     let outs = r.handle(RenterInput::Lease(ask2), NOW).unwrap();
     let RenterOutput::Persist(l2) = &outs[0] else { panic!() };
     let id2 = l2.lease_id;
@@ -531,16 +515,7 @@ fn a_restored_request_is_asked_about_until_the_provider_answers_or_no_lease_coul
     let (mut p, g) = provider(1, false);
     let config = RenterConfig { network: NET.into(), receipt_grace_ms: 60_000, status_retry_ms: 1000 };
     let mut r = RenterEngine::new(key(1), config.clone());
-    let ask = |nonce: u8| LeaseAsk {
-        provider: id_of(&key(100)),
-        offer_id: g.offer_id,
-        price: g.price,
-        max_price: g.price,
-        gpus: 1,
-        duration_s: 600,
-        ssh_key: None,
-        nonce: Nonce([nonce; 16]),
-    };
+    let ask = |nonce| one_gpu_ask(&g, nonce);
     // Lease 1 is granted and answered; the renter then crashes with only its request on disk.
     let outs = r.handle(RenterInput::Lease(ask(7)), NOW).unwrap();
     let RenterOutput::Persist(on_disk) = outs[0].clone() else { panic!("the request is persisted first") };
