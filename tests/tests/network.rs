@@ -95,19 +95,34 @@ async fn six_providers_converge_reprice_withdraw_and_expire() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_node_has_its_book_back_before_it_reconnects() -> Result<()> {
-    let net = "t-restart";
-    let tmp = tempfile::tempdir()?;
-    let a = TestNode::start(test_config(net, Some("H100-SXM-80GB:2,RTX-4090:1"), &[])).await?;
+/// A provider inventory of two GPU groups, so two offers.
+const TWO_GROUPS: &str = "H100-SXM-80GB:2,RTX-4090:1";
+
+/// Starts provider `a` from `a_config`, and node `b` in `b_dir` bootstrapped from it; returns
+/// both once `b` holds `a`'s two offers.
+async fn provider_and_learner(
+    a_config: gpumesh_node::config::NodeConfig,
+    b_dir: &std::path::Path,
+) -> Result<(TestNode, TestNode)> {
+    let net = a_config.network.clone();
+    let a = TestNode::start(a_config).await?;
     let boot = a.addr().await?;
-    let b_dir = tmp.path().join("b");
-    let mut b = TestNode::start_in(&b_dir, test_config(net, None, &[boot])).await?;
+    let b = TestNode::start_in(b_dir, test_config(&net, None, &[boot])).await?;
     let pa = a.peer_id();
     wait_for("b to learn a's offers", Duration::from_secs(20), || async {
         matches!(b.offers_of(&pa).await, Ok(o) if o.len() == 2)
     })
     .await?;
+    Ok((a, b))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_has_its_book_back_before_it_reconnects() -> Result<()> {
+    let net = "t-restart";
+    let tmp = tempfile::tempdir()?;
+    let b_dir = tmp.path().join("b");
+    let (a, mut b) = provider_and_learner(test_config(net, Some(TWO_GROUPS), &[]), &b_dir).await?;
+    let pa = a.peer_id();
     b.crash().await;
     // Restart with no bootstrap peer at all: whatever it knows comes from its store.
     let b2 = TestNode::start_in(&b_dir, test_config(net, None, &[])).await?;
@@ -122,17 +137,11 @@ async fn offers_that_expired_while_a_node_was_down_leave_its_store_at_restart() 
     use gpumesh_node::store::Store;
     let net = "t-expired-store";
     let tmp = tempfile::tempdir()?;
-    let mut ca = test_config(net, Some("H100-SXM-80GB:2,RTX-4090:1"), &[]);
+    let mut ca = test_config(net, Some(TWO_GROUPS), &[]);
     ca.offer_ttl = "2s".into();
-    let a = TestNode::start(ca).await?;
-    let boot = a.addr().await?;
     let b_dir = tmp.path().join("b");
-    let mut b = TestNode::start_in(&b_dir, test_config(net, None, &[boot])).await?;
+    let (a, mut b) = provider_and_learner(ca, &b_dir).await?;
     let pa = a.peer_id();
-    wait_for("b to learn a's offers", Duration::from_secs(20), || async {
-        matches!(b.offers_of(&pa).await, Ok(o) if o.len() == 2)
-    })
-    .await?;
     b.stop().await;
     let db = gpumesh_node::DataDir::new(&b_dir).db_path();
     let latest = {
