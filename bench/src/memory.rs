@@ -1,7 +1,7 @@
 //! Memory: resident memory of an idle node and of a node holding 10k offers (each node is
 //! its own process), and how many nodes one machine runs as a testnet.
 
-use crate::net::{Arrival, RawGossip, wait_until};
+use crate::net::{Arrival, Flavor, RawGossip, wait_until};
 use crate::offers;
 use crate::{Args, SuiteResult};
 use anyhow::{Context, Result, bail};
@@ -169,7 +169,7 @@ pub async fn run(args: &Args) -> Result<SuiteResult> {
     // 10k offers: a raw gossip peer publishes them (200 providers × 50 offers).
     let st = status(&http, &node.dir).await.context("status")?;
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel::<Arrival>();
-    let publisher = RawGossip::start(0, &gpumesh_protocol::wire::offers_topic(NET), tx).await?;
+    let publisher = RawGossip::start(0, Flavor::Raw, NET, tx).await?;
     publisher.dial(&st.listen_addrs[0].parse()?);
     let p = &publisher;
     wait_until("the publisher in the node's mesh", Duration::from_secs(30), || async move {

@@ -113,61 +113,74 @@ pub struct Arrival {
     pub at: Instant,
 }
 
+/// Which swarm a [`RawGossip`] runs.
+#[derive(Debug, Clone, Copy)]
+pub enum Flavor {
+    /// Gossipsub alone with the shared heartbeat: the suite's headline baseline.
+    Raw,
+    /// A node's whole libp2p swarm from `gpumesh_node::net::build_swarm` (its gossipsub
+    /// configuration with peer scoring and validation, identify, ping, Kademlia, three
+    /// request-response protocols, TCP and QUIC), accepting every message as it arrives: no
+    /// decoding, verification, book or store. What is left between it and a node is the
+    /// node's own path.
+    NodeSwarm,
+}
+
 impl RawGossip {
-    /// Starts swarm number `ix` subscribed to `topic`; arrivals go to `arrivals`.
+    /// Starts swarm number `ix` of `flavor`, subscribed to the offers topic of `network`;
+    /// arrivals go to `arrivals`.
     pub async fn start(
         ix: usize,
-        topic: &str,
+        flavor: Flavor,
+        network: &str,
         arrivals: mpsc::UnboundedSender<Arrival>,
     ) -> Result<RawGossip> {
-        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair(1_000_000 + ix as u64)?)
-            .with_tokio()
-            .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
-            .with_behaviour(|_| {
-                let cfg = gossipsub::ConfigBuilder::default()
-                    .heartbeat_interval(HEARTBEAT)
-                    .validation_mode(ValidationMode::Anonymous)
-                    .message_id_fn(|m| message_id(&m.data))
-                    .max_transmit_size(gpumesh_protocol::envelope::MAX_GOSSIP_ENVELOPE + 512)
-                    .build()
-                    .map_err(|e| e.to_string())?;
-                let b: gossipsub::Behaviour = gossipsub::Behaviour::new(MessageAuthenticity::Anonymous, cfg)?;
-                Ok(b)
-            })?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
-            .build();
-        let topic = IdentTopic::new(topic);
-        swarm.behaviour_mut().subscribe(&topic)?;
-        swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
-        let addr = loop {
-            if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
-                break address;
+        let topic = gpumesh_protocol::wire::offers_topic(network);
+        match flavor {
+            Flavor::Raw => {
+                let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair(1_000_000 + ix as u64)?)
+                    .with_tokio()
+                    .with_tcp(
+                        tcp::Config::default().nodelay(true),
+                        noise::Config::new,
+                        yamux::Config::default,
+                    )?
+                    .with_behaviour(|_| {
+                        let cfg = gossipsub::ConfigBuilder::default()
+                            .heartbeat_interval(HEARTBEAT)
+                            .validation_mode(ValidationMode::Anonymous)
+                            .message_id_fn(|m| message_id(&m.data))
+                            .max_transmit_size(gpumesh_protocol::envelope::MAX_GOSSIP_ENVELOPE + 512)
+                            .build()
+                            .map_err(|e| e.to_string())?;
+                        let b: gossipsub::Behaviour =
+                            gossipsub::Behaviour::new(MessageAuthenticity::Anonymous, cfg)?;
+                        Ok(b)
+                    })?
+                    .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+                    .build();
+                drive(swarm, ix, &topic, arrivals, false, |b| b, Some).await
             }
-        };
-        let (tx, mut rx) = mpsc::unbounded_channel::<GossipCmd>();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    ev = swarm.select_next_some() => {
-                        if let SwarmEvent::Behaviour(gossipsub::Event::Message { message_id, .. }) = ev {
-                            let _ = arrivals.send(Arrival { node: ix, id: message_id.0, at: Instant::now() });
-                        }
-                    }
-                    cmd = rx.recv() => match cmd {
-                        Some(GossipCmd::Dial(a)) => { let _ = swarm.dial(a); }
-                        Some(GossipCmd::Publish(data, done)) => {
-                            let ok = swarm.behaviour_mut().publish(topic.clone(), data).is_ok();
-                            let _ = done.send(ok);
-                        }
-                        Some(GossipCmd::Peers(reply)) => {
-                            let _ = reply.send(swarm.behaviour().all_peers().filter(|(_, t)| !t.is_empty()).count());
-                        }
-                        None => return,
+            Flavor::NodeSwarm => {
+                let settings = node_config(network, None, vec![]).resolve()?;
+                let mut seed = [9u8; 32];
+                seed[..8].copy_from_slice(&(ix as u64).to_le_bytes());
+                let swarm = gpumesh_node::net::build_swarm(&SigningKey::from_bytes(&seed), &settings)?;
+                drive(
+                    swarm,
+                    ix,
+                    &topic,
+                    arrivals,
+                    true,
+                    |b| &mut b.gossipsub,
+                    |e| match e {
+                        gpumesh_node::net::BehaviourEvent::Gossipsub(e) => Some(e),
+                        _ => None,
                     },
-                }
+                )
+                .await
             }
-        });
-        Ok(RawGossip { addr, cmd: tx })
+        }
     }
 
     pub fn dial(&self, addr: &Multiaddr) {
@@ -185,6 +198,68 @@ impl RawGossip {
         let _ = self.cmd.send(GossipCmd::Peers(tx));
         rx.await.unwrap_or(0)
     }
+}
+
+/// Runs `swarm` in its own task: listens on loopback, subscribes to `topic`, reports every
+/// gossip message's arrival (accepting it at once if the swarm's gossipsub `validates`) and
+/// obeys [`GossipCmd`]s.
+async fn drive<B>(
+    mut swarm: Swarm<B>,
+    ix: usize,
+    topic: &str,
+    arrivals: mpsc::UnboundedSender<Arrival>,
+    validates: bool,
+    gossipsub: fn(&mut B) -> &mut gossipsub::Behaviour,
+    event: fn(B::ToSwarm) -> Option<gossipsub::Event>,
+) -> Result<RawGossip>
+where
+    B: libp2p::swarm::NetworkBehaviour + Send + 'static,
+    B::ToSwarm: Send,
+{
+    let topic = IdentTopic::new(topic);
+    gossipsub(swarm.behaviour_mut()).subscribe(&topic)?;
+    swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+    let addr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+            break address;
+        }
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel::<GossipCmd>();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                ev = swarm.select_next_some() => {
+                    let message = match ev {
+                        SwarmEvent::Behaviour(e) => event(e),
+                        _ => None,
+                    };
+                    if let Some(gossipsub::Event::Message { message_id, propagation_source, .. }) = message {
+                        if validates {
+                            gossipsub(swarm.behaviour_mut()).report_message_validation_result(
+                                &message_id,
+                                &propagation_source,
+                                gossipsub::MessageAcceptance::Accept,
+                            );
+                        }
+                        let _ = arrivals.send(Arrival { node: ix, id: message_id.0, at: Instant::now() });
+                    }
+                }
+                cmd = rx.recv() => match cmd {
+                    Some(GossipCmd::Dial(a)) => { let _ = swarm.dial(a); }
+                    Some(GossipCmd::Publish(data, done)) => {
+                        let ok = gossipsub(swarm.behaviour_mut()).publish(topic.clone(), data).is_ok();
+                        let _ = done.send(ok);
+                    }
+                    Some(GossipCmd::Peers(reply)) => {
+                        let peers = gossipsub(swarm.behaviour_mut()).all_peers().filter(|(_, t)| !t.is_empty()).count();
+                        let _ = reply.send(peers);
+                    }
+                    None => return,
+                },
+            }
+        }
+    });
+    Ok(RawGossip { addr, cmd: tx })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -309,7 +384,7 @@ fn rr_swarm(ix: u64, protocol: &'static str) -> Result<Swarm<request_response::B
 }
 
 /// CPU time this process has used, in clock ticks (utime + stime of /proc/self/stat).
-fn cpu_ticks() -> Option<u64> {
+pub fn cpu_ticks() -> Option<u64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the command name (which may hold spaces) start at field 3.
     let rest = &stat[stat.rfind(')')? + 2..];

@@ -1,8 +1,12 @@
 //! Propagation: time from publishing an offer until it is in the offer book of every node
 //! (after verification, validation and storage), against raw gossipsub carrying payloads of
-//! the same size over the same topology with the same gossip config.
+//! the same size over the same topology with the same heartbeat (the headline baseline), and
+//! against a node's whole libp2p swarm doing no application work (which splits the gap into
+//! what libp2p's other protocols cost and what the node's own path costs). Each phase also
+//! reports the process's CPU time per offer, which a noisy shared machine moves less than
+//! latency.
 
-use crate::net::{Arrival, BenchNode, RawGossip, node_config, settle, wait_until};
+use crate::net::{Arrival, BenchNode, Flavor, RawGossip, cpu_ticks, node_config, settle, wait_until};
 use crate::offers;
 use crate::stats::Summary;
 use crate::{Args, SuiteResult};
@@ -17,6 +21,7 @@ use tokio::sync::mpsc;
 const NET: &str = "bench-propagation";
 
 /// A tiny deterministic generator for picking nodes and peers.
+#[derive(Clone)]
 struct Rng(u64);
 impl Rng {
     fn below(&mut self, n: usize) -> usize {
@@ -54,6 +59,7 @@ pub async fn run(args: &Args) -> Result<SuiteResult> {
     let (settle_t, settled) = settle(Duration::from_secs(60)).await;
     let mut ours = Vec::new();
     let mut delivered = 0usize;
+    let cpu0 = cpu_ticks();
     for k in 0..count {
         let from = rng.below(n);
         let (t, got) =
@@ -63,7 +69,8 @@ pub async fn run(args: &Args) -> Result<SuiteResult> {
             ours.push(t);
         }
     }
-    // The topology our nodes settled on, for the baseline to copy.
+    let ours_cpu = cpu_ms_per_offer(cpu0, count);
+    // The topology our nodes settled on, for the baselines to copy.
     let mut edges = BTreeSet::new();
     for (i, node) in nodes.iter().enumerate() {
         for p in node.node.handle.peers().await? {
@@ -80,17 +87,80 @@ pub async fn run(args: &Args) -> Result<SuiteResult> {
         node.node.stop().await;
     }
 
-    // --- baseline: raw gossipsub swarms over the same edges.
+    // Both baselines publish from the same nodes in the same order. The second one is a
+    // diagnostic, left out of --quick to keep it within its minute.
+    let raw = baseline(Flavor::Raw, n, &edges, count, size, rng.clone()).await?;
+    let swarm =
+        if args.quick { None } else { Some(baseline(Flavor::NodeSwarm, n, &edges, count, size, rng).await?) };
+    let ours_s = Summary::of(&ours);
+    let ratio = ours_s.p99_ms / raw.latency.p99_ms.max(1e-9);
+    let ours_delivery = delivered as f64 / (count * n) as f64;
+    let vs_swarm = swarm.as_ref().map(|s| {
+        json!({
+            "p99": ours_s.p99_ms / s.latency.p99_ms.max(1e-9),
+            "p50": ours_s.p50_ms / s.latency.p50_ms.max(1e-9),
+        })
+    });
+    let swarm = swarm.map(|s| {
+        json!({"latency": s.latency, "delivery": s.delivery(n, count), "cpu_ms_per_offer": s.cpu_ms_per_offer,
+            "settled_after_s": s.settled_after.as_secs_f64()})
+    });
+    Ok(SuiteResult {
+        suite: "propagation",
+        ours: json!({"latency": ours_s, "delivery": ours_delivery, "cpu_ms_per_offer": ours_cpu,
+            "settled_after_s": settle_t.as_secs_f64(), "settled": settled,
+            "ratio_to_node_swarm": vs_swarm}),
+        baseline: json!({"latency": raw.latency, "delivery": raw.delivery(n, count),
+            "cpu_ms_per_offer": raw.cpu_ms_per_offer, "settled_after_s": raw.settled_after.as_secs_f64(),
+            "node_swarm": swarm}),
+        ratio,
+        headline:
+            "p99 time until every node has the offer: gpumesh (verified, validated, stored) / raw gossipsub"
+                .into(),
+        goal: "ratio <= 1.2 at p99, delivery 100 %".into(),
+        goal_met: ratio <= 1.2 && ours_delivery >= 1.0,
+        params: json!({"nodes": n, "offers": count, "payload_bytes": size, "edges": edges.len(), "heartbeat_ms": 200}),
+        notes: vec![
+            "baseline.node_swarm (full runs only): a node's whole libp2p swarm (net::build_swarm) accepting each message at once, no application work; ours.ratio_to_node_swarm compares with it".into(),
+            "cpu_ms_per_offer: CPU time of the whole process (all nodes) per offer while that phase measured".into(),
+        ],
+    })
+}
+
+/// What one baseline phase measured.
+struct Baseline {
+    latency: Summary,
+    delivered: usize,
+    cpu_ms_per_offer: Option<f64>,
+    settled_after: Duration,
+}
+
+impl Baseline {
+    fn delivery(&self, n: usize, count: usize) -> f64 {
+        self.delivered as f64 / (count * n) as f64
+    }
+}
+
+/// Brings up `n` gossip swarms of `flavor` over `edges`, lets them settle, then publishes one
+/// warm-up and `count` measured payloads of `size` bytes from nodes picked by `rng`.
+async fn baseline(
+    flavor: Flavor,
+    n: usize,
+    edges: &BTreeSet<(usize, usize)>,
+    count: usize,
+    size: usize,
+    mut rng: Rng,
+) -> Result<Baseline> {
     let (tx, mut arrivals) = mpsc::unbounded_channel::<Arrival>();
     let mut raw = Vec::new();
     for i in 0..n {
-        raw.push(RawGossip::start(i, &gpumesh_protocol::wire::offers_topic(NET), tx.clone()).await?);
+        raw.push(RawGossip::start(i, flavor, NET, tx.clone()).await?);
     }
-    for &(i, j) in &edges {
+    for &(i, j) in edges {
         raw[i].dial(&raw[j].addr);
     }
     let raw_ref = &raw;
-    wait_until("the raw mesh", Duration::from_secs(30), || async move {
+    wait_until("the baseline's mesh", Duration::from_secs(30), || async move {
         for r in raw_ref {
             if r.topic_peers().await == 0 {
                 return false;
@@ -99,10 +169,10 @@ pub async fn run(args: &Args) -> Result<SuiteResult> {
         true
     })
     .await?;
-    let (base_settle_t, _) = settle(Duration::from_secs(60)).await;
-    // Let the mesh settle as ours did during its warm-up (same number of heartbeats).
-    let mut baseline = Vec::new();
-    let mut base_delivered = 0usize;
+    let (settled_after, _) = settle(Duration::from_secs(60)).await;
+    let mut times = Vec::new();
+    let mut delivered = 0usize;
+    let mut cpu0 = None;
     for k in 0..=count {
         let from = rng.below(n);
         let mut payload = vec![0u8; size];
@@ -110,7 +180,7 @@ pub async fn run(args: &Args) -> Result<SuiteResult> {
         payload[8..16].copy_from_slice(&(0xfeed_u64).to_le_bytes());
         let id = message_id(&payload).0;
         let t0 = Instant::now();
-        raw[from].publish(payload).await.then_some(()).context("raw publish found no peers")?;
+        raw[from].publish(payload).await.then_some(()).context("baseline publish found no peers")?;
         let mut seen = BTreeSet::from([from]);
         let mut last = t0;
         let deadline = t0 + Duration::from_secs(5);
@@ -125,32 +195,22 @@ pub async fn run(args: &Args) -> Result<SuiteResult> {
             }
         }
         if k == 0 {
-            continue; // warm-up
+            cpu0 = cpu_ticks(); // the warm-up is not measured
+            continue;
         }
-        base_delivered += seen.len();
+        delivered += seen.len();
         if seen.len() == n {
-            baseline.push(last - t0);
+            times.push(last - t0);
         }
     }
-    let ours_s = Summary::of(&ours);
-    let base_s = Summary::of(&baseline);
-    let ratio = ours_s.p99_ms / base_s.p99_ms.max(1e-9);
-    let ours_delivery = delivered as f64 / (count * n) as f64;
-    Ok(SuiteResult {
-        suite: "propagation",
-        ours: json!({"latency": ours_s, "delivery": ours_delivery,
-            "settled_after_s": settle_t.as_secs_f64(), "settled": settled}),
-        baseline: json!({"latency": base_s, "delivery": base_delivered as f64 / (count * n) as f64,
-            "settled_after_s": base_settle_t.as_secs_f64()}),
-        ratio,
-        headline:
-            "p99 time until every node has the offer: gpumesh (verified, validated, stored) / raw gossipsub"
-                .into(),
-        goal: "ratio <= 1.2 at p99, delivery 100 %".into(),
-        goal_met: ratio <= 1.2 && ours_delivery >= 1.0,
-        params: json!({"nodes": n, "offers": count, "payload_bytes": size, "edges": edges.len(), "heartbeat_ms": 200}),
-        notes: vec![],
-    })
+    let cpu_ms_per_offer = cpu_ms_per_offer(cpu0, count);
+    drop(raw); // each swarm's task ends when its command channel closes
+    Ok(Baseline { latency: Summary::of(&times), delivered, cpu_ms_per_offer, settled_after })
+}
+
+/// CPU milliseconds per offer since `start` ticks (100 ticks a second on Linux).
+fn cpu_ms_per_offer(start: Option<u64>, count: usize) -> Option<f64> {
+    Some((cpu_ticks()? - start?) as f64 * 10.0 / count.max(1) as f64)
 }
 
 /// Publishes one offer from node `from` and waits until every node's book has it. Returns the
