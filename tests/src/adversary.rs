@@ -459,3 +459,69 @@ impl RpcPeer {
         }
     }
 }
+
+// ----- Kademlia --------------------------------------------------------------------------
+
+/// What a Kademlia peer got from a node: whether the node acknowledged a PUT of a record, and
+/// the value it returned when the peer then asked for that record (None: no record).
+#[derive(Debug)]
+pub struct KadOutcome {
+    pub put_acknowledged: bool,
+    pub returned: Option<Vec<u8>>,
+}
+
+/// A Kademlia client (the node's protocol name) PUTs the record `key` → `value` into the node
+/// at `addr` (ending in `/p2p/<id>`), then asks that node for it. Gives up after `wait`.
+pub async fn kad_put_then_get(
+    key: SigningKey,
+    addr: &str,
+    record_key: &[u8],
+    value: Vec<u8>,
+    wait: Duration,
+) -> Result<KadOutcome> {
+    use libp2p::kad::{self, GetRecordOk, QueryResult, Quorum, Record, RecordKey};
+    let target = peer_of_addr(addr)?;
+    let ma: Multiaddr = addr.parse()?;
+    let kp = identity::Keypair::ed25519_from_bytes(key.to_bytes())?;
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(kp)
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
+        .with_behaviour(|k| {
+            let id = k.public().to_peer_id();
+            let config = kad::Config::new(StreamProtocol::new(wire::KAD_PROTOCOL));
+            let mut kad = kad::Behaviour::with_config(id, kad::store::MemoryStore::new(id), config);
+            kad.set_mode(Some(kad::Mode::Client));
+            kad
+        })?
+        .build();
+    swarm.behaviour_mut().add_address(&target, ma);
+    let record_key = RecordKey::new(&record_key);
+    let record = Record::new(record_key.clone(), value);
+    let put = swarm.behaviour_mut().put_record_to(record, std::iter::once(target), Quorum::One);
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut outcome = KadOutcome { put_acknowledged: false, returned: None };
+    let mut get = None;
+    loop {
+        let ev = tokio::time::timeout_at(deadline, swarm.select_next_some())
+            .await
+            .map_err(|_| anyhow!("no answer from the node's Kademlia within {wait:?}"))?;
+        let SwarmEvent::Behaviour(kad::Event::OutboundQueryProgressed { id, result, step, .. }) = ev else {
+            continue;
+        };
+        match result {
+            QueryResult::PutRecord(r) if id == put => {
+                outcome.put_acknowledged = r.is_ok();
+                get = Some(swarm.behaviour_mut().get_record(record_key.clone()));
+            }
+            QueryResult::GetRecord(r) if Some(id) == get => {
+                if let Ok(GetRecordOk::FoundRecord(found)) = r {
+                    outcome.returned = Some(found.record.value);
+                }
+                if step.last || outcome.returned.is_some() {
+                    return Ok(outcome);
+                }
+            }
+            _ => {}
+        }
+    }
+}

@@ -515,3 +515,17 @@ async fn a_provider_repricing_sixteen_gpu_groups_reaches_its_neighbour() -> Resu
     println!("B has the new price on {repriced} of A's 16 offers");
     r
 }
+
+/// Kademlia is for finding peers only (protocol.md): a record a peer PUTs is acknowledged, as
+/// the protocol asks, but not kept, so no peer can fill a node's memory with records (libp2p
+/// keeps up to 1024 of them from anyone unless told otherwise).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_put_into_a_nodes_kademlia_is_acknowledged_but_not_kept() -> Result<()> {
+    let a = TestNode::start(test_config(NET, None, &[])).await?;
+    let addr = a.addr().await?;
+    let o = adversary::kad_put_then_get(adversary::key(30_000), &addr, b"filler", vec![7; 8 * 1024], WAIT)
+        .await?;
+    assert!(o.put_acknowledged, "the node did not answer the PUT, so the GET below proves nothing");
+    assert_eq!(o.returned, None, "the node kept a record a peer put into its Kademlia store");
+    Ok(())
+}

@@ -149,6 +149,19 @@ fn rr(
     )
 }
 
+/// Kademlia for peer discovery only. Records and provider entries that peers send are not
+/// stored (left alone, libp2p keeps up to 1024 records of up to 16 KiB each from anyone: memory
+/// a hostile peer could fill), and the record jobs a node without records never needs are off
+/// (each is a timer polled on every turn of the swarm).
+fn kad_config() -> kad::Config {
+    let mut c = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+    c.set_record_filtering(kad::StoreInserts::FilterBoth)
+        .set_replication_interval(None)
+        .set_publication_interval(None)
+        .set_provider_publication_interval(None);
+    c
+}
+
 /// Builds the swarm: TCP (noise, yamux) and QUIC, DNS, and every behaviour.
 pub fn build_swarm(
     key: &gpumesh_protocol::SigningKey,
@@ -170,11 +183,8 @@ pub fn build_swarm(
             } else {
                 None
             };
-            let mut kad = kad::Behaviour::with_config(
-                peer_id,
-                kad::store::MemoryStore::new(peer_id),
-                kad::Config::new(StreamProtocol::new(KAD_PROTOCOL)),
-            );
+            let mut kad =
+                kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config());
             kad.set_mode(Some(kad::Mode::Server));
             let limits = connection_limits::ConnectionLimits::default()
                 .with_max_established(Some(settings.max_connections))
