@@ -43,6 +43,8 @@ pub enum Command {
         /// Show simulated GPUs instead: MODEL[:COUNT[:VRAM_GIB]],…
         #[arg(long, value_name = "SPEC")]
         simulate_gpus: Option<String>,
+        /// Print the list as JSON on stdout; if it is empty, why (no NVML, no nvidia-smi) goes
+        /// to stderr.
         #[arg(long)]
         json: bool,
     },

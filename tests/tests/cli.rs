@@ -52,6 +52,31 @@ fn gpus_lists_simulated_inventory_without_a_node() -> Result<()> {
     Ok(())
 }
 
+/// With `--json` the list stays alone on stdout, and when it is empty the reasons (no NVML,
+/// no nvidia-smi on PATH) go to stderr instead of being lost. PATH is an empty directory, so
+/// nvidia-smi cannot be found; on a machine with a GPU, NVML may still find it, and then there
+/// is nothing to explain.
+#[test]
+fn gpus_json_with_nothing_found_says_why_on_stderr() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let empty = tempfile::tempdir()?;
+    let out = std::process::Command::new(gpumesh_tests::gpumesh_bin())
+        .arg("--data-dir")
+        .arg(tmp.path())
+        .args(["gpus", "--json"])
+        .env("PATH", empty.path())
+        .output()?;
+    assert_eq!(out.status.code(), Some(0));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let list = list.as_array().expect("stdout is a JSON array");
+    let err = String::from_utf8_lossy(&out.stderr);
+    if list.is_empty() {
+        assert!(err.contains("nvidia-smi"), "stderr should say nvidia-smi was not found: {err}");
+        assert!(err.contains("no GPUs found"), "{err}");
+    }
+    Ok(())
+}
+
 #[test]
 fn a_key_readable_by_others_is_refused() -> Result<()> {
     let tmp = tempfile::tempdir()?;

@@ -115,6 +115,13 @@ pub fn gpus(data_dir: &DataDir, simulate: Option<String>, json: bool) -> Result<
     };
     if json {
         super::print_json(&gpus)?;
+        if gpus.is_empty() {
+            // Why nothing was found (no NVML, no nvidia-smi, …), where a script reading the
+            // JSON on stdout still sees an empty list.
+            for n in notes {
+                eprintln!("{n}");
+            }
+        }
         return Ok(0);
     }
     if gpus.is_empty() {
