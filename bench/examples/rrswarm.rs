@@ -73,7 +73,7 @@ where
     client.dial(addr)?;
     while !matches!(client.select_next_some().await, SwarmEvent::ConnectionEstablished { .. }) {}
     let mut times = Vec::with_capacity(n);
-    // One warm-up round trip opens the connection.
+    // One unmeasured round trip first: it negotiates the protocol on the new connection.
     for i in 0..=n {
         let t0 = Instant::now();
         rr(client.behaviour_mut()).send_request(&peer, vec![1; REQUEST]);

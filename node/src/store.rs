@@ -12,8 +12,9 @@
 //!
 //! A provider lease and its GPU reservations are written in one transaction that refuses to
 //! reserve a GPU another live lease holds, then flushed: a grant never leaves the node before
-//! that. Every flush goes through the store's flusher thread, one at a time (see [`Store::flush`]). Offers are not flushed one by one (sled flushes every 500 ms); losing the last
-//! moment of gossip in a crash costs nothing, since offers are re-gossiped.
+//! that. Every flush goes through the store's flusher thread, one at a time (see
+//! [`Store::flush`]). Offers are not flushed one by one (sled flushes every 500 ms); losing the
+//! last moment of gossip in a crash costs nothing, since offers are re-gossiped.
 
 use gpumesh_protocol::lease::{ProviderLease, RenterLease};
 use gpumesh_protocol::{LeaseId, OfferId};

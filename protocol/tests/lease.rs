@@ -343,7 +343,6 @@ fn restore_keeps_active_leases_and_fails_half_started_ones() {
     assert_eq!(e3.free_gpus(&g3.offer_id), 3);
 }
 
-/// Runs a renter engine (always key 1) against a provider engine in memory, message by message.
 /// A renter's ask for one GPU of `g` for 600 s at the offer's price.
 fn one_gpu_ask(g: &GpuGroup, nonce: u8) -> LeaseAsk {
     LeaseAsk {
@@ -358,6 +357,7 @@ fn one_gpu_ask(g: &GpuGroup, nonce: u8) -> LeaseAsk {
     }
 }
 
+/// Runs a renter engine (always key 1) against a provider engine in memory, message by message.
 fn exchange(
     r: &mut RenterEngine,
     p: &mut ProviderEngine,
@@ -529,10 +529,7 @@ fn a_restored_request_is_asked_about_until_the_provider_answers_or_no_lease_coul
     let mut r = RenterEngine::new(key(1), config.clone());
     let id = on_disk.lease_id;
     let outs = r.handle(RenterInput::Restore(vec![on_disk.clone()]), NOW.plus_secs(5)).unwrap();
-    assert_eq!(
-        outs,
-        vec![RenterOutput::Send { provider: id_of(&key(100)), lease_id: id, rpc: LeaseRpc::Status(id) }]
-    );
+    assert_eq!(outs, outs_status(id));
     let mut now = NOW.plus_secs(5);
     for _ in 0..3 {
         let outs =
@@ -540,10 +537,7 @@ fn a_restored_request_is_asked_about_until_the_provider_answers_or_no_lease_coul
         assert_eq!(outs, vec![RenterOutput::ScheduleTimer { lease_id: id, at: now.plus_millis(1000) }]);
         now = now.plus_millis(1000);
         let outs = r.handle(RenterInput::Timer { lease_id: id }, now).unwrap();
-        assert_eq!(
-            outs,
-            vec![RenterOutput::Send { provider: id_of(&key(100)), lease_id: id, rpc: LeaseRpc::Status(id) }]
-        );
+        assert_eq!(outs, outs_status(id));
     }
     // Then it answers: the same grant, so the same lease as before the crash.
     let events = exchange(&mut r, &mut p, outs_status(id), now);
@@ -560,13 +554,10 @@ fn a_restored_request_is_asked_about_until_the_provider_answers_or_no_lease_coul
     // A second request restored while its provider stays unreachable: still asked about just
     // before its latest possible end (request time + duration + replay window + grace), failed
     // at it.
-    let mut r = RenterEngine::new(key(1), config);
+    let mut r = RenterEngine::new(key(1), config.clone());
     let outs = r.handle(RenterInput::Lease(ask(8)), NOW).unwrap();
     let RenterOutput::Persist(req2) = outs[0].clone() else { panic!() };
-    let mut r = RenterEngine::new(
-        key(1),
-        RenterConfig { network: NET.into(), receipt_grace_ms: 60_000, status_retry_ms: 1000 },
-    );
+    let mut r = RenterEngine::new(key(1), config);
     r.handle(RenterInput::Restore(vec![req2.clone()]), NOW).unwrap();
     let last = NOW.plus_secs(600).plus_millis(lease::REQUEST_MAX_AGE_MS + 60_000);
     let before = Timestamp(last.0 - 1);
@@ -581,6 +572,7 @@ fn a_restored_request_is_asked_about_until_the_provider_answers_or_no_lease_coul
     assert_eq!(r.lease(&req2.lease_id).unwrap().state, LeaseState::Failed);
 }
 
+/// The renter's ask to the provider (key 100) about what became of lease `id`.
 fn outs_status(id: LeaseId) -> Vec<RenterOutput> {
     vec![RenterOutput::Send { provider: id_of(&key(100)), lease_id: id, rpc: LeaseRpc::Status(id) }]
 }

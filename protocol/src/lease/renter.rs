@@ -519,9 +519,7 @@ impl RenterEngine {
             out.push(RenterOutput::Send { provider: l.provider, lease_id, rpc: LeaseRpc::Status(lease_id) });
         }
     }
-}
 
-impl RenterEngine {
     /// The latest a lease granted on this request could end, with room to spare: a provider
     /// grants a request at most the replay window after it was issued (plus clock skew, which
     /// `receipt_grace_ms` covers), and the lease runs `duration_s` from its grant.
