@@ -54,16 +54,35 @@ impl<'a> HookInput<'a> {
     }
 }
 
+/// Starts `program` with piped stdio. "Text file busy" (ETXTBSY) is retried for up to about
+/// 200 ms: it is transient, seen when the script was just written and a process forked in the
+/// meantime still holds the write descriptor until it execs (a deploy tool updating the hook
+/// while the node runs, or tests that write hooks while other threads spawn).
+async fn spawn(program: &Path) -> std::io::Result<tokio::process::Child> {
+    const ETXTBSY: i32 = 26;
+    let mut tries = 0;
+    loop {
+        let result = tokio::process::Command::new(program)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn();
+        match result {
+            Err(e) if e.raw_os_error() == Some(ETXTBSY) && tries < 20 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Runs a hook with `input` as JSON on stdin; returns its stdout, or why it failed.
 pub async fn run(program: &Path, input: &HookInput<'_>, limit: Duration) -> Result<String, String> {
     let json = serde_json::to_vec(input).map_err(|e| format!("cannot encode hook input: {e}"))?;
-    let mut child = tokio::process::Command::new(program)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot start hook {}: {e}", program.display()))?;
+    let mut child =
+        spawn(program).await.map_err(|e| format!("cannot start hook {}: {e}", program.display()))?;
     let mut stdin = child.stdin.take().ok_or("hook stdin unavailable")?;
     let mut stdout = child.stdout.take().ok_or("hook stdout unavailable")?;
     let mut stderr = child.stderr.take().ok_or("hook stderr unavailable")?;
