@@ -67,6 +67,11 @@ pub struct NodeConfig {
     pub max_offers_per_provider: usize,
     /// Most connections in total.
     pub max_connections: u32,
+    /// Connected peers a node keeps without a reason. Above this, every sweep closes the
+    /// connections that carry nothing for it: peers outside its gossip mesh, connected longer
+    /// than a grace period, with no capacity, lease or probe traffic within the idle timeout
+    /// and no book sync in flight. Fewer connections cost less CPU and memory on every node.
+    pub target_peers: u32,
     /// `text` or `json`.
     pub log_format: String,
     pub hooks: HooksConfig,
@@ -152,6 +157,7 @@ impl Default for NodeConfig {
             max_lease: "7d".into(),
             max_offers_per_provider: 64,
             max_connections: 512,
+            target_peers: 24,
             log_format: "text".into(),
             hooks: HooksConfig::default(),
             policy: PolicyConfig::default(),
@@ -289,6 +295,16 @@ impl NodeConfig {
         if self.max_offers_per_provider == 0 {
             return Err(invalid("max_offers_per_provider", "must be at least 1"));
         }
+        let max_connections = self.max_connections.max(8);
+        if !(1..=max_connections).contains(&self.target_peers) {
+            return Err(invalid(
+                "target_peers",
+                format!(
+                    "`{}` is out of range; use 1 to max_connections ({max_connections}), e.g. 24",
+                    self.target_peers
+                ),
+            ));
+        }
         if !(1..=gpumesh_protocol::wire::MAX_SYNC_OFFERS).contains(&t.sync_page_offers) {
             return Err(invalid(
                 "tuning.sync_page_offers",
@@ -309,7 +325,8 @@ impl NodeConfig {
             min_lease,
             max_lease,
             max_offers_per_provider: self.max_offers_per_provider,
-            max_connections: self.max_connections.max(8),
+            max_connections,
+            target_peers: self.target_peers as usize,
             log_format,
             on_lease_start: self.hooks.on_lease_start.clone(),
             on_lease_end: self.hooks.on_lease_end.clone(),
@@ -356,6 +373,7 @@ pub struct Settings {
     pub max_lease: Duration,
     pub max_offers_per_provider: usize,
     pub max_connections: u32,
+    pub target_peers: usize,
     pub log_format: LogFormat,
     pub on_lease_start: Option<PathBuf>,
     pub on_lease_end: Option<PathBuf>,
@@ -414,6 +432,10 @@ network = "{network}"
 
 # Find peers on the local network.
 # mdns = true
+
+# Peers to stay connected to. Beyond this many, connections that carry nothing for this node
+# (not in its gossip mesh, no recent capacity, lease or probe traffic) are closed.
+# target_peers = 24
 
 # Where this machine is: an ISO country (US, DE) or a short region code (us-east).
 # region = "unknown"
@@ -476,6 +498,8 @@ mod tests {
         check("min_lease = \"2h\"\nmax_lease = \"1h\"", "max_lease");
         check("log_format = \"xml\"", "log_format");
         check("[policy]\ndeny = [\"bob\"]", "policy.deny");
+        check("target_peers = 0", "target_peers");
+        check("max_connections = 16\ntarget_peers = 17", "target_peers");
     }
 
     #[test]

@@ -41,6 +41,7 @@ pub struct Metrics {
     pub leases: Family<LeaseLabels, Counter>,
     pub capacity_queries: Counter,
     pub peer_bans: Counter,
+    pub peers_trimmed: Counter,
     pub libp2p: libp2p::metrics::Metrics,
 }
 
@@ -76,6 +77,12 @@ impl Metrics {
             "Peers disconnected and blocked for invalid messages",
             peer_bans.clone(),
         );
+        let peers_trimmed = Counter::default();
+        registry.register(
+            "peers_trimmed",
+            "Idle connections closed because the node had more than target_peers",
+            peers_trimmed.clone(),
+        );
         let libp2p = libp2p::metrics::Metrics::new(&mut registry);
         Metrics {
             registry,
@@ -86,6 +93,7 @@ impl Metrics {
             leases,
             capacity_queries,
             peer_bans,
+            peers_trimmed,
             libp2p,
         }
     }

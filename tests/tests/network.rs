@@ -2,9 +2,14 @@
 //! reaches all, a withdrawal at shutdown removes offers everywhere, a silent provider's offers
 //! expire everywhere, a restarted node has its book back before it reconnects and drops from
 //! its store what expired while it was down, and a late joiner gets a book of several sync pages.
+//! A node above `target_peers` closes the connections that carry nothing for it.
 
 use anyhow::Result;
+use gpumesh_protocol::PROTOCOL_VERSION;
+use gpumesh_protocol::wire::{self, CapacityQuery};
+use gpumesh_tests::adversary::{self, Proto, RpcPeer};
 use gpumesh_tests::{TestNode, test_config, wait_for};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 const INVENTORIES: [&str; 6] =
@@ -228,5 +233,43 @@ async fn a_late_joiner_gets_a_book_larger_than_one_sync_page() -> Result<()> {
     .await?;
     let gossiped = b.metric_sum("gpumesh_gossip_messages_total{result=\"accepted\"").await?;
     assert_eq!(gossiped, 0.0, "B learnt the offers by sync, not by gossip");
+    Ok(())
+}
+
+/// A hub with `target_peers = 1` and seven connections: a gossip-mesh member and a renter
+/// that asked a capacity query (both older than the others), and five clients that only sent
+/// junk. The hub closes exactly the five; the member and the renter stay although the hub is
+/// still above its target, and would have gone first if they were not protected (the oldest
+/// connections past the grace period are candidates in every sweep that closes the five).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn above_target_peers_a_node_closes_idle_connections_but_keeps_its_mesh_and_renters() -> Result<()> {
+    let net = "t-trim";
+    let mut c = test_config(net, Some("RTX-4090:1"), &[]);
+    c.target_peers = 1;
+    let hub = TestNode::start(c).await?;
+    let hub_addr = hub.addr().await?;
+    let member = TestNode::start(test_config(net, None, std::slice::from_ref(&hub_addr))).await?;
+    let member_id = member.peer_id();
+    wait_for("the member to connect", Duration::from_secs(20), || async {
+        hub.handle().peers().await.is_ok_and(|p| p.iter().any(|p| p.peer_id == member_id))
+    })
+    .await?;
+    let renter = RpcPeer::start(adversary::key(41), 4).await?;
+    let query = CapacityQuery { v: PROTOCOL_VERSION, network: net.into(), query: String::new() };
+    renter.request(Proto::Capacity, &hub_addr, wire::encode(&query)).await?.map_err(anyhow::Error::msg)?;
+    let mut idle = Vec::new();
+    for i in 0..5 {
+        let peer = RpcPeer::start(adversary::key(50 + i), 4).await?;
+        peer.request(Proto::Capacity, &hub_addr, b"junk".to_vec()).await?.map_err(anyhow::Error::msg)?;
+        idle.push(peer);
+    }
+    wait_for("the hub to close five connections", Duration::from_secs(30), || async {
+        hub.metric_sum("gpumesh_peers_trimmed_total").await.unwrap_or(0.0) >= 5.0
+            && hub.handle().peers().await.is_ok_and(|p| p.len() == 2)
+    })
+    .await?;
+    let kept: BTreeSet<String> = hub.handle().peers().await?.into_iter().map(|p| p.peer_id).collect();
+    assert_eq!(kept, BTreeSet::from([member_id, renter.peer_id.to_string()]));
+    assert_eq!(hub.metric_sum("gpumesh_peers_trimmed_total").await?, 5.0);
     Ok(())
 }

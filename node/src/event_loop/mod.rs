@@ -294,6 +294,7 @@ impl EventLoop {
         self.metrics.offers_known.set(self.book.len() as i64);
         self.metrics.peers.set(self.swarm.connected_peers().count() as i64);
         self.peers.expire_bans(&mut self.swarm);
+        self.trim_connections();
         self.dial_bootstrap();
     }
 

@@ -1,5 +1,6 @@
 //! Connections: RTTs from ping, addresses from identify, mDNS and Kademlia discovery,
-//! bootstrap retries with backoff, and penalties and bans for misbehaving peers.
+//! bootstrap retries with backoff, penalties and bans for misbehaving peers, and trimming
+//! the connections above `target_peers` that carry nothing for this node.
 
 use super::EventLoop;
 use crate::config::{Settings, peer_of};
@@ -8,13 +9,20 @@ use crate::views::PeerView;
 use libp2p::core::ConnectedPoint;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, ping};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 /// Invalid messages from one peer before it is disconnected and blocked.
 const FAULTS_BEFORE_BAN: u32 = 20;
 /// How long a blocked peer stays blocked.
 const BAN_TIME: Duration = Duration::from_secs(600);
+/// A connection is not trimmed before it is this many gossip heartbeats old (at least
+/// [`MIN_TRIM_GRACE`]): time for gossipsub to graft the peer into the mesh.
+const TRIM_GRACE_HEARTBEATS: u32 = 10;
+const MIN_TRIM_GRACE: Duration = Duration::from_secs(1);
+/// A bootstrap peer whose connection lasted at least this long is redialled at once when it
+/// drops; one that closed sooner (a peer above its own target trims us) waits out the backoff.
+const BOOTSTRAP_STABLE: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 struct Bootstrap {
@@ -22,6 +30,8 @@ struct Bootstrap {
     peer: PeerId,
     next_attempt: Instant,
     backoff: Duration,
+    /// When the current connection to it opened.
+    connected_at: Option<Instant>,
 }
 
 /// What the event loop knows about peers.
@@ -35,6 +45,10 @@ pub(crate) struct PeerState {
     bootstrap: Vec<Bootstrap>,
     bootstrap_max: Duration,
     kad_bootstrapped: bool,
+    /// When each connected peer's first open connection was established.
+    connected_at: HashMap<PeerId, Instant>,
+    /// When each connected peer last carried capacity, lease or probe traffic.
+    last_used: HashMap<PeerId, Instant>,
 }
 
 impl PeerState {
@@ -55,12 +69,21 @@ impl PeerState {
                         peer,
                         next_attempt: now,
                         backoff: Duration::from_millis(250),
+                        connected_at: None,
                     })
                 })
                 .collect(),
             bootstrap_max: settings.bootstrap_retry_max.max(Duration::from_millis(250)),
             kad_bootstrapped: false,
+            connected_at: HashMap::new(),
+            last_used: HashMap::new(),
         }
+    }
+
+    /// Notes that `peer` just carried capacity, lease or probe traffic: its connection is not
+    /// trimmed for the idle timeout.
+    pub(crate) fn touch(&mut self, peer: PeerId) {
+        self.last_used.insert(peer, Instant::now());
     }
 
     pub(crate) fn rtt(&self, peer: &PeerId) -> Option<Duration> {
@@ -127,9 +150,13 @@ impl EventLoop {
             }
             self.swarm.behaviour_mut().kad.add_address(&peer, address.clone());
         }
+        let now = Instant::now();
+        if count == 1 {
+            self.peers.connected_at.insert(peer, now);
+        }
         for b in &mut self.peers.bootstrap {
-            if b.peer == peer {
-                b.backoff = Duration::from_millis(250);
+            if b.peer == peer && b.connected_at.is_none() {
+                b.connected_at = Some(now);
             }
         }
         if !self.peers.kad_bootstrapped {
@@ -144,6 +171,14 @@ impl EventLoop {
         if remaining == 0 {
             tracing::debug!(peer = %peer, "disconnected");
             self.peers.rtt.remove(&peer);
+            self.peers.connected_at.remove(&peer);
+            self.peers.last_used.remove(&peer);
+            for b in &mut self.peers.bootstrap {
+                if b.peer == peer && b.connected_at.take().is_some_and(|t| t.elapsed() >= BOOTSTRAP_STABLE) {
+                    b.backoff = Duration::from_millis(250);
+                    b.next_attempt = Instant::now();
+                }
+            }
             if let Some(node) = crate::net::node_id_of(&peer) {
                 self.book.set_latency(node, None);
             }
@@ -155,8 +190,12 @@ impl EventLoop {
         self.fail_probe(peer);
     }
 
-    /// Dials bootstrap peers that are not connected, each with its own backoff.
+    /// While below `target_peers`, dials bootstrap peers that are not connected, each with its
+    /// own backoff.
     pub(super) fn dial_bootstrap(&mut self) {
+        if self.swarm.connected_peers().count() >= self.settings.target_peers {
+            return;
+        }
         let now = Instant::now();
         let max = self.peers.bootstrap_max;
         for b in &mut self.peers.bootstrap {
@@ -209,9 +248,47 @@ impl EventLoop {
                     continue;
                 }
                 self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
-                if !self.swarm.is_connected(&peer) {
+                if !self.swarm.is_connected(&peer)
+                    && self.swarm.connected_peers().count() < self.settings.target_peers
+                {
                     let _ = self.swarm.dial(DialOpts::peer_id(peer).addresses(vec![addr]).build());
                 }
+            }
+        }
+    }
+
+    /// Above `target_peers`, closes connections that carry nothing for this node: not in its
+    /// gossip mesh, past the grace period, no capacity, lease or probe traffic within the idle
+    /// timeout (or the request timeout, if longer), and no request of ours waiting on them.
+    /// The lowest gossip scores go first, then the newest connections (long-standing peers are
+    /// harder for an attacker to displace).
+    pub(super) fn trim_connections(&mut self) {
+        let connected = self.swarm.connected_peers().count();
+        let Some(excess) = connected.checked_sub(self.settings.target_peers).filter(|e| *e > 0) else {
+            return;
+        };
+        let now = Instant::now();
+        let grace = (self.settings.gossip_heartbeat * TRIM_GRACE_HEARTBEATS).max(MIN_TRIM_GRACE);
+        let used_window = self.settings.idle_connection_timeout.max(self.settings.request_timeout);
+        let busy = self.peers_waited_on();
+        let gossipsub = &self.swarm.behaviour().gossipsub;
+        let mesh: HashSet<&PeerId> = gossipsub.mesh_peers(&self.topic.hash()).collect();
+        let mut idle: Vec<(f64, Instant, PeerId)> = self
+            .swarm
+            .connected_peers()
+            .filter(|p| !mesh.contains(p) && !busy.contains(p))
+            .filter(|p| self.peers.last_used.get(p).is_none_or(|t| now.duration_since(*t) >= used_window))
+            .filter_map(|p| {
+                let since = *self.peers.connected_at.get(p)?;
+                (now.duration_since(since) >= grace)
+                    .then(|| (gossipsub.peer_score(p).unwrap_or(0.0), since, *p))
+            })
+            .collect();
+        idle.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)));
+        for (_, _, peer) in idle.into_iter().take(excess) {
+            tracing::debug!(peer = %peer, target = self.settings.target_peers, "closing an idle connection above target_peers");
+            if self.swarm.disconnect_peer_id(peer).is_ok() {
+                self.metrics.peers_trimmed.inc();
             }
         }
     }

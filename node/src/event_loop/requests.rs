@@ -70,9 +70,11 @@ pub(crate) struct Probe {
 impl EventLoop {
     // ----- capacity: answering ---------------------------------------------------------
 
-    fn answer_capacity(&mut self, request: &[u8]) -> Vec<u8> {
+    /// Answers a capacity query; a well-formed one marks `peer` as a renter in use.
+    fn answer_capacity(&mut self, peer: PeerId, request: &[u8]) -> Vec<u8> {
         let offers = match wire::decode::<CapacityQuery>(request, wire::MAX_CAPACITY_QUERY) {
             Ok(q) if q.network == self.settings.network && q.v == PROTOCOL_VERSION => {
+                self.peers.touch(peer);
                 match Query::parse(&q.query) {
                     Ok(query) => {
                         let now = crate::clock::now();
@@ -94,8 +96,8 @@ impl EventLoop {
 
     pub(super) fn handle_capacity_event(&mut self, e: Event<Vec<u8>, Vec<u8>>) {
         match e {
-            Event::Message { message: Message::Request { request, channel, .. }, .. } => {
-                let answer = self.answer_capacity(&request);
+            Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
+                let answer = self.answer_capacity(peer, &request);
                 let _ = self.swarm.behaviour_mut().capacity.send_response(channel, answer);
             }
             Event::Message { peer, message: Message::Response { request_id, response }, .. } => {
@@ -182,6 +184,7 @@ impl EventLoop {
                 addrs,
             );
             self.capacity_requests.insert(rid, (id, peer, Instant::now()));
+            self.peers.touch(peer);
             if let Some(f) = self.fanouts.get_mut(&id) {
                 f.in_flight.insert(peer);
             }
@@ -297,6 +300,7 @@ impl EventLoop {
             if self.swarm.is_connected(&peer)
                 || self.swarm.dial(DialOpts::peer_id(peer).addresses(addrs).build()).is_ok()
             {
+                self.peers.touch(peer);
                 waiting.insert(peer);
             }
         }
@@ -338,6 +342,7 @@ impl EventLoop {
         match e {
             Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
                 let Some(from) = crate::net::node_id_of(&peer) else { return };
+                self.peers.touch(peer);
                 let token = self.next_token;
                 self.next_token += 1;
                 match self.lease_tx.try_send(LeaseCommand::Inbound { token, from, bytes: request }) {
@@ -386,6 +391,17 @@ impl EventLoop {
         let addrs = self.provider_addrs(&peer);
         let rid = self.swarm.behaviour_mut().lease.send_request_with_addresses(&peer, bytes, addrs);
         self.outbound_lease.insert(rid, lease_id);
+        self.peers.touch(peer);
+    }
+
+    /// Peers a book sync, capacity query or probe of ours is waiting on.
+    pub(super) fn peers_waited_on(&self) -> HashSet<PeerId> {
+        let mut busy: HashSet<PeerId> = self.syncs_in_flight.values().map(|s| s.peer).collect();
+        busy.extend(self.capacity_requests.values().map(|(_, peer, _)| *peer));
+        for p in &self.probes {
+            busy.extend(p.waiting.iter().copied());
+        }
+        busy
     }
 
     // ----- book sync ---------------------------------------------------------------------
