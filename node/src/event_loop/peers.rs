@@ -21,8 +21,13 @@ const BAN_TIME: Duration = Duration::from_secs(600);
 const TRIM_GRACE_HEARTBEATS: u32 = 10;
 const MIN_TRIM_GRACE: Duration = Duration::from_secs(1);
 /// A bootstrap peer whose connection lasted at least this long is redialled at once when it
-/// drops; one that closed sooner (a peer above its own target trims us) waits out the backoff.
+/// drops.
 const BOOTSTRAP_STABLE: Duration = Duration::from_secs(60);
+/// A bootstrap peer that closes a younger connection is most likely above its own
+/// `target_peers` and trimming us (every node bootstrapping through one well-known node
+/// would otherwise redial it after every trim, forever). It is left alone for this many times
+/// the longest retry backoff, unless this node has no connection at all.
+const TRIMMED_COOLDOWN_FACTOR: u32 = 10;
 
 #[derive(Debug)]
 struct Bootstrap {
@@ -32,6 +37,8 @@ struct Bootstrap {
     backoff: Duration,
     /// When the current connection to it opened.
     connected_at: Option<Instant>,
+    /// Not redialled before this while the node has other connections.
+    cooldown_until: Option<Instant>,
 }
 
 /// What the event loop knows about peers.
@@ -70,6 +77,7 @@ impl PeerState {
                         next_attempt: now,
                         backoff: Duration::from_millis(250),
                         connected_at: None,
+                        cooldown_until: None,
                     })
                 })
                 .collect(),
@@ -173,10 +181,17 @@ impl EventLoop {
             self.peers.rtt.remove(&peer);
             self.peers.connected_at.remove(&peer);
             self.peers.last_used.remove(&peer);
-            for b in &mut self.peers.bootstrap {
-                if b.peer == peer && b.connected_at.take().is_some_and(|t| t.elapsed() >= BOOTSTRAP_STABLE) {
-                    b.backoff = Duration::from_millis(250);
-                    b.next_attempt = Instant::now();
+            let now = Instant::now();
+            let cooldown = self.peers.bootstrap_max * TRIMMED_COOLDOWN_FACTOR;
+            for b in self.peers.bootstrap.iter_mut().filter(|b| b.peer == peer) {
+                match b.connected_at.take() {
+                    Some(t) if now.duration_since(t) >= BOOTSTRAP_STABLE => {
+                        b.backoff = Duration::from_millis(250);
+                        b.next_attempt = now;
+                        b.cooldown_until = None;
+                    }
+                    Some(_) => b.cooldown_until = Some(now + cooldown),
+                    None => {}
                 }
             }
             if let Some(node) = crate::net::node_id_of(&peer) {
@@ -191,15 +206,17 @@ impl EventLoop {
     }
 
     /// While below `target_peers`, dials bootstrap peers that are not connected, each with its
-    /// own backoff.
+    /// own backoff (and, while other connections are open, not one that just trimmed us).
     pub(super) fn dial_bootstrap(&mut self) {
-        if self.swarm.connected_peers().count() >= self.settings.target_peers {
+        let connected = self.swarm.connected_peers().count();
+        if connected >= self.settings.target_peers {
             return;
         }
         let now = Instant::now();
         let max = self.peers.bootstrap_max;
         for b in &mut self.peers.bootstrap {
-            if self.swarm.is_connected(&b.peer) || b.next_attempt > now {
+            let cooling = connected > 0 && b.cooldown_until.is_some_and(|t| t > now);
+            if self.swarm.is_connected(&b.peer) || b.next_attempt > now || cooling {
                 continue;
             }
             tracing::debug!(addr = %b.addr, "dialing bootstrap peer");
@@ -261,12 +278,16 @@ impl EventLoop {
     /// gossip mesh, past the grace period, no capacity, lease or probe traffic within the idle
     /// timeout (or the request timeout, if longer), and no request of ours waiting on them.
     /// The lowest gossip scores go first, then the newest connections (long-standing peers are
-    /// harder for an attacker to displace).
+    /// harder for an attacker to displace). Nothing is closed while a Kademlia query runs: a
+    /// bootstrap walk asks many peers in turn and would redial each one closed under it.
     pub(super) fn trim_connections(&mut self) {
         let connected = self.swarm.connected_peers().count();
         let Some(excess) = connected.checked_sub(self.settings.target_peers).filter(|e| *e > 0) else {
             return;
         };
+        if self.swarm.behaviour().kad.iter_queries().next().is_some() {
+            return;
+        }
         let now = Instant::now();
         let grace = (self.settings.gossip_heartbeat * TRIM_GRACE_HEARTBEATS).max(MIN_TRIM_GRACE);
         let used_window = self.settings.idle_connection_timeout.max(self.settings.request_timeout);
