@@ -5,10 +5,9 @@ use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use gpumesh_node::config::NodeConfig;
 use gpumesh_node::net::codec::BytesCodec;
-use gpumesh_node::net::message_id;
 use gpumesh_node::{DataDir, RunningNode};
 use gpumesh_protocol::SigningKey;
-use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, ValidationMode};
+use libp2p::gossipsub::{self, IdentTopic};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identity, noise, tcp, yamux};
@@ -32,7 +31,7 @@ pub fn node_config(network: &str, gpus: Option<&str>, bootstrap: Vec<String>) ->
         max_offers_per_provider: 100_000,
         ..NodeConfig::default()
     };
-    c.tuning.gossip_heartbeat = "200ms".into();
+    c.tuning.gossip_heartbeat = format!("{}ms", HEARTBEAT.as_millis());
     c.tuning.sweep_interval = "1s".into();
     c.tuning.ping_interval = "30s".into();
     c.tuning.bootstrap_retry_max = "1s".into();
@@ -98,6 +97,7 @@ enum GossipCmd {
     Dial(Multiaddr),
     Publish(Vec<u8>, oneshot::Sender<bool>),
     Peers(oneshot::Sender<usize>),
+    Connected(oneshot::Sender<usize>),
 }
 
 /// A raw gossipsub swarm running in its own task.
@@ -116,7 +116,10 @@ pub struct Arrival {
 /// Which swarm a [`RawGossip`] runs.
 #[derive(Debug, Clone, Copy)]
 pub enum Flavor {
-    /// Gossipsub alone with the shared heartbeat: the suite's headline baseline.
+    /// Gossipsub alone, over TCP, with the node's gossip configuration
+    /// (`gpumesh_node::net::gossipsub_behaviour`: heartbeat, message ids, size limits, peer
+    /// scoring, messages held until the application accepts them), accepting every message
+    /// as it arrives: the suite's headline baseline.
     Raw,
     /// A node's whole libp2p swarm from `gpumesh_node::net::build_swarm` (its gossipsub
     /// configuration with peer scoring and validation, identify, ping, Kademlia, three
@@ -136,8 +139,10 @@ impl RawGossip {
         arrivals: mpsc::UnboundedSender<Arrival>,
     ) -> Result<RawGossip> {
         let topic = gpumesh_protocol::wire::offers_topic(network);
+        let settings = node_config(network, None, vec![]).resolve()?;
         match flavor {
             Flavor::Raw => {
+                let gossip = gpumesh_node::net::gossipsub_behaviour(&settings)?;
                 let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair(1_000_000 + ix as u64)?)
                     .with_tokio()
                     .with_tcp(
@@ -145,24 +150,12 @@ impl RawGossip {
                         noise::Config::new,
                         yamux::Config::default,
                     )?
-                    .with_behaviour(|_| {
-                        let cfg = gossipsub::ConfigBuilder::default()
-                            .heartbeat_interval(HEARTBEAT)
-                            .validation_mode(ValidationMode::Anonymous)
-                            .message_id_fn(|m| message_id(&m.data))
-                            .max_transmit_size(gpumesh_protocol::envelope::MAX_GOSSIP_ENVELOPE + 512)
-                            .build()
-                            .map_err(|e| e.to_string())?;
-                        let b: gossipsub::Behaviour =
-                            gossipsub::Behaviour::new(MessageAuthenticity::Anonymous, cfg)?;
-                        Ok(b)
-                    })?
+                    .with_behaviour(|_| gossip)?
                     .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
                     .build();
-                drive(swarm, ix, &topic, arrivals, false, |b| b, Some).await
+                drive(swarm, ix, &topic, arrivals, true, |b| b, Some).await
             }
             Flavor::NodeSwarm => {
-                let settings = node_config(network, None, vec![]).resolve()?;
                 let mut seed = [9u8; 32];
                 seed[..8].copy_from_slice(&(ix as u64).to_le_bytes());
                 let swarm = gpumesh_node::net::build_swarm(&SigningKey::from_bytes(&seed), &settings)?;
@@ -196,6 +189,13 @@ impl RawGossip {
     pub async fn topic_peers(&self) -> usize {
         let (tx, rx) = oneshot::channel();
         let _ = self.cmd.send(GossipCmd::Peers(tx));
+        rx.await.unwrap_or(0)
+    }
+
+    /// Peers this swarm has a connection with.
+    pub async fn connected(&self) -> usize {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.cmd.send(GossipCmd::Connected(tx));
         rx.await.unwrap_or(0)
     }
 }
@@ -249,6 +249,9 @@ where
                     Some(GossipCmd::Publish(data, done)) => {
                         let ok = gossipsub(swarm.behaviour_mut()).publish(topic.clone(), data).is_ok();
                         let _ = done.send(ok);
+                    }
+                    Some(GossipCmd::Connected(reply)) => {
+                        let _ = reply.send(swarm.connected_peers().count());
                     }
                     Some(GossipCmd::Peers(reply)) => {
                         let peers = gossipsub(swarm.behaviour_mut()).all_peers().filter(|(_, t)| !t.is_empty()).count();

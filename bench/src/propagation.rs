@@ -57,6 +57,9 @@ pub async fn run(args: &Args) -> Result<SuiteResult> {
         anyhow::bail!("warm-up offer reached {}/{} nodes; the network did not form", warm.1, n);
     }
     let (settle_t, settled) = settle(Duration::from_secs(60)).await;
+    // Nodes above target_peers close idle connections a few seconds after they open: measure
+    // once the number of connections holds still.
+    let edges_before = stable_edges(&nodes).await?;
     let mut ours = Vec::new();
     let mut delivered = 0usize;
     let cpu0 = cpu_ticks();
@@ -71,14 +74,7 @@ pub async fn run(args: &Args) -> Result<SuiteResult> {
     }
     let ours_cpu = cpu_ms_per_offer(cpu0, count);
     // The topology our nodes settled on, for the baselines to copy.
-    let mut edges = BTreeSet::new();
-    for (i, node) in nodes.iter().enumerate() {
-        for p in node.node.handle.peers().await? {
-            if let Some(&j) = index.get(&p.peer_id) {
-                edges.insert((i.min(j), i.max(j)));
-            }
-        }
-    }
+    let edges = edges_of(&nodes, &index).await?;
     let size = {
         let k = &nodes[0].key;
         envelope::seal(k, &offers::offer(k, NET, 0, 1, 1, gpumesh_node::clock::now())).len()
@@ -101,6 +97,7 @@ pub async fn run(args: &Args) -> Result<SuiteResult> {
             "p50": ours_s.p50_ms / s.latency.p50_ms.max(1e-9),
         })
     });
+    let swarm_connections = swarm.as_ref().map(|s| s.connections);
     let swarm = swarm.map(|s| {
         json!({"latency": s.latency, "delivery": s.delivery(n, count), "cpu_ms_per_offer": s.cpu_ms_per_offer,
             "settled_after_s": s.settled_after.as_secs_f64()})
@@ -119,10 +116,14 @@ pub async fn run(args: &Args) -> Result<SuiteResult> {
                 .into(),
         goal: "ratio <= 1.2 at p99, delivery 100 %".into(),
         goal_met: ratio <= 1.2 && ours_delivery >= 1.0,
-        params: json!({"nodes": n, "offers": count, "payload_bytes": size, "edges": edges.len(), "heartbeat_ms": 200}),
+        params: json!({"nodes": n, "offers": count, "payload_bytes": size, "edges": edges.len(),
+            "edges_before_measuring": edges_before, "heartbeat_ms": 200,
+            "target_peers": node_config(NET, None, vec![]).target_peers,
+            "baseline_connections": raw.connections, "node_swarm_connections": swarm_connections}),
         notes: vec![
             "baseline.node_swarm (full runs only): a node's whole libp2p swarm (net::build_swarm) accepting each message at once, no application work; ours.ratio_to_node_swarm compares with it".into(),
             "cpu_ms_per_offer: CPU time of the whole process (all nodes) per offer while that phase measured".into(),
+            "edges: the connections among our nodes after measuring, which the baselines dial; baseline_connections and node_swarm_connections: what each baseline had after measuring (Kademlia in the node's swarm dials more, and nothing trims them there)".into(),
         ],
     })
 }
@@ -133,6 +134,8 @@ struct Baseline {
     delivered: usize,
     cpu_ms_per_offer: Option<f64>,
     settled_after: Duration,
+    /// Connections among the swarms after measuring.
+    connections: usize,
 }
 
 impl Baseline {
@@ -204,8 +207,52 @@ async fn baseline(
         }
     }
     let cpu_ms_per_offer = cpu_ms_per_offer(cpu0, count);
+    let mut ends = 0;
+    for r in &raw {
+        ends += r.connected().await;
+    }
     drop(raw); // each swarm's task ends when its command channel closes
-    Ok(Baseline { latency: Summary::of(&times), delivered, cpu_ms_per_offer, settled_after })
+    Ok(Baseline {
+        latency: Summary::of(&times),
+        delivered,
+        cpu_ms_per_offer,
+        settled_after,
+        connections: ends / 2,
+    })
+}
+
+/// The connections among `nodes`, as pairs of indexes.
+async fn edges_of(nodes: &[BenchNode], index: &HashMap<String, usize>) -> Result<BTreeSet<(usize, usize)>> {
+    let mut edges = BTreeSet::new();
+    for (i, node) in nodes.iter().enumerate() {
+        for p in node.node.handle.peers().await? {
+            if let Some(&j) = index.get(&p.peer_id) {
+                edges.insert((i.min(j), i.max(j)));
+            }
+        }
+    }
+    Ok(edges)
+}
+
+/// Waits (up to 30 s) until the number of connections among `nodes` is the same in three
+/// polls one second apart; returns it.
+async fn stable_edges(nodes: &[BenchNode]) -> Result<usize> {
+    let count = || async {
+        let mut ends = 0;
+        for node in nodes {
+            ends += node.node.handle.peers().await?.len();
+        }
+        anyhow::Ok(ends / 2)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut last, mut same) = (count().await?, 0);
+    while same < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = count().await?;
+        same = if now == last { same + 1 } else { 0 };
+        last = now;
+    }
+    Ok(last)
 }
 
 /// CPU milliseconds per offer since `start` ticks (100 ticks a second on Linux).

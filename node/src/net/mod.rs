@@ -81,7 +81,9 @@ pub fn node_id_of(peer: &PeerId) -> Option<NodeId> {
     NodeId::from_peer_id_bytes(&peer.to_bytes())
 }
 
-fn gossipsub_behaviour(settings: &Settings) -> Result<gossipsub::Behaviour, NetError> {
+/// The node's gossipsub: its configuration (heartbeat, message ids, size limits, validation by
+/// the application) and peer scoring. Public so that benchmarks can run the same gossip alone.
+pub fn gossipsub_behaviour(settings: &Settings) -> Result<gossipsub::Behaviour, NetError> {
     let config = gossipsub::ConfigBuilder::default()
         .heartbeat_interval(settings.gossip_heartbeat)
         .validation_mode(ValidationMode::Anonymous)
