@@ -28,6 +28,10 @@ const BOOTSTRAP_STABLE: Duration = Duration::from_secs(60);
 /// would otherwise redial it after every trim, forever). It is left alone for this many times
 /// the longest retry backoff, unless this node has no connection at all.
 const TRIMMED_COOLDOWN_FACTOR: u32 = 10;
+/// How often a node below `target_peers` walks Kademlia again to find more peers. (Kademlia's
+/// own periodic walk is off: a node at its target would reconnect to a score of peers every
+/// few minutes only to close them again, each asking it for a book sync.)
+const KAD_REWALK: Duration = Duration::from_secs(300);
 
 #[derive(Debug)]
 struct Bootstrap {
@@ -51,7 +55,8 @@ pub(crate) struct PeerState {
     banned: HashMap<PeerId, Instant>,
     bootstrap: Vec<Bootstrap>,
     bootstrap_max: Duration,
-    kad_bootstrapped: bool,
+    /// When this node last started a Kademlia bootstrap walk.
+    kad_walked: Option<Instant>,
     /// When each connected peer's first open connection was established.
     connected_at: HashMap<PeerId, Instant>,
     /// When each connected peer last carried capacity, lease or probe traffic.
@@ -82,7 +87,7 @@ impl PeerState {
                 })
                 .collect(),
             bootstrap_max: settings.bootstrap_retry_max.max(Duration::from_millis(250)),
-            kad_bootstrapped: false,
+            kad_walked: None,
             connected_at: HashMap::new(),
             last_used: HashMap::new(),
         }
@@ -167,8 +172,8 @@ impl EventLoop {
                 b.connected_at = Some(now);
             }
         }
-        if !self.peers.kad_bootstrapped {
-            self.peers.kad_bootstrapped = self.swarm.behaviour_mut().kad.bootstrap().is_ok();
+        if self.peers.kad_walked.is_none() {
+            self.walk_kademlia(now);
         }
         if count == 1 {
             self.request_sync(peer);
@@ -205,14 +210,26 @@ impl EventLoop {
         self.fail_probe(peer);
     }
 
-    /// While below `target_peers`, dials bootstrap peers that are not connected, each with its
-    /// own backoff (and, while other connections are open, not one that just trimmed us).
+    /// Starts a Kademlia bootstrap walk (it fails, harmlessly, while the routing table is
+    /// empty).
+    fn walk_kademlia(&mut self, now: Instant) {
+        if self.swarm.behaviour_mut().kad.bootstrap().is_ok() {
+            self.peers.kad_walked = Some(now);
+        }
+    }
+
+    /// While below `target_peers`: dials bootstrap peers that are not connected, each with its
+    /// own backoff (and, while other connections are open, not one that just trimmed us), and
+    /// walks Kademlia again if the last walk is [`KAD_REWALK`] old.
     pub(super) fn dial_bootstrap(&mut self) {
         let connected = self.swarm.connected_peers().count();
         if connected >= self.settings.target_peers {
             return;
         }
         let now = Instant::now();
+        if self.peers.kad_walked.is_some_and(|t| now.duration_since(t) >= KAD_REWALK) {
+            self.walk_kademlia(now);
+        }
         let max = self.peers.bootstrap_max;
         for b in &mut self.peers.bootstrap {
             let cooling = connected > 0 && b.cooldown_until.is_some_and(|t| t > now);

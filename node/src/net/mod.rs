@@ -154,13 +154,15 @@ fn rr(
 /// Kademlia for peer discovery only. Records and provider entries that peers send are not
 /// stored (left alone, libp2p keeps up to 1024 records of up to 16 KiB each from anyone: memory
 /// a hostile peer could fill), and the record jobs a node without records never needs are off
-/// (each is a timer polled on every turn of the swarm).
+/// (each is a timer polled on every turn of the swarm). The periodic bootstrap walk is off
+/// too: the event loop walks again only while the node is below `target_peers`.
 fn kad_config() -> kad::Config {
     let mut c = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
     c.set_record_filtering(kad::StoreInserts::FilterBoth)
         .set_replication_interval(None)
         .set_publication_interval(None)
-        .set_provider_publication_interval(None);
+        .set_provider_publication_interval(None)
+        .set_periodic_bootstrap_interval(None);
     c
 }
 
