@@ -59,7 +59,7 @@ pub async fn run(args: &Args) -> Result<SuiteResult> {
     let (settle_t, settled) = settle(Duration::from_secs(60)).await;
     // Nodes above target_peers close idle connections a few seconds after they open: measure
     // once the number of connections holds still.
-    let edges_before = stable_edges(&nodes).await?;
+    let (edges_before, edges_settled) = stable_edges(&nodes).await?;
     let mut ours = Vec::new();
     let mut delivered = 0usize;
     let cpu0 = cpu_ticks();
@@ -117,7 +117,7 @@ pub async fn run(args: &Args) -> Result<SuiteResult> {
         goal: "ratio <= 1.2 at p99, delivery 100 %".into(),
         goal_met: ratio <= 1.2 && ours_delivery >= 1.0,
         params: json!({"nodes": n, "offers": count, "payload_bytes": size, "edges": edges.len(),
-            "edges_before_measuring": edges_before, "heartbeat_ms": 200,
+            "edges_before_measuring": edges_before, "edges_settled": edges_settled, "heartbeat_ms": 200,
             "target_peers": node_config(NET, None, vec![]).target_peers,
             "baseline_connections": raw.connections, "node_swarm_connections": swarm_connections}),
         notes: vec![
@@ -235,8 +235,8 @@ async fn edges_of(nodes: &[BenchNode], index: &HashMap<String, usize>) -> Result
 }
 
 /// Waits (up to 30 s) until the number of connections among `nodes` is the same in three
-/// polls one second apart; returns it.
-async fn stable_edges(nodes: &[BenchNode]) -> Result<usize> {
+/// polls one second apart; returns it, and whether it held still before the deadline.
+async fn stable_edges(nodes: &[BenchNode]) -> Result<(usize, bool)> {
     let count = || async {
         let mut ends = 0;
         for node in nodes {
@@ -252,7 +252,7 @@ async fn stable_edges(nodes: &[BenchNode]) -> Result<usize> {
         same = if now == last { same + 1 } else { 0 };
         last = now;
     }
-    Ok(last)
+    Ok((last, same >= 2))
 }
 
 /// CPU milliseconds per offer since `start` ticks (100 ticks a second on Linux).

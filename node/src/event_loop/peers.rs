@@ -23,11 +23,16 @@ const MIN_TRIM_GRACE: Duration = Duration::from_secs(1);
 /// A bootstrap peer whose connection lasted at least this long is redialled at once when it
 /// drops.
 const BOOTSTRAP_STABLE: Duration = Duration::from_secs(60);
-/// A bootstrap peer that closes a younger connection is most likely above its own
-/// `target_peers` and trimming us (every node bootstrapping through one well-known node
-/// would otherwise redial it after every trim, forever). It is left alone for this many times
-/// the longest retry backoff, unless this node has no connection at all.
+/// A bootstrap peer that closes a younger connection (one this node did not close itself) is
+/// most likely above its own `target_peers` and trimming us (every node bootstrapping through
+/// one well-known node would otherwise redial it after every trim, forever). It is left alone
+/// for this many times the longest retry backoff, unless this node has no gossip mesh peer.
 const TRIMMED_COOLDOWN_FACTOR: u32 = 10;
+/// The longest bootstrap retry backoff honoured (longer settings are cut to this).
+const MAX_BOOTSTRAP_BACKOFF: Duration = Duration::from_secs(86_400);
+/// Below this many gossip mesh peers a node looks for peers even when it holds
+/// `target_peers` connections (connections that keep themselves in use must not stop it).
+const MIN_MESH: usize = 4;
 /// How often a node below `target_peers` walks Kademlia again to find more peers. (Kademlia's
 /// own periodic walk is off: a node at its target would reconnect to a score of peers every
 /// few minutes only to close them again, each asking it for a book sync.)
@@ -59,8 +64,10 @@ pub(crate) struct PeerState {
     kad_walked: Option<Instant>,
     /// When each connected peer's first open connection was established.
     connected_at: HashMap<PeerId, Instant>,
-    /// When each connected peer last carried capacity, lease or probe traffic.
+    /// When each peer last carried capacity, lease or probe traffic (pruned once stale).
     last_used: HashMap<PeerId, Instant>,
+    /// Peers whose connections this node is closing (trimmed, banned or blocked).
+    closing: HashSet<PeerId>,
 }
 
 impl PeerState {
@@ -86,10 +93,13 @@ impl PeerState {
                     })
                 })
                 .collect(),
-            bootstrap_max: settings.bootstrap_retry_max.max(Duration::from_millis(250)),
+            bootstrap_max: settings
+                .bootstrap_retry_max
+                .clamp(Duration::from_millis(250), MAX_BOOTSTRAP_BACKOFF),
             kad_walked: None,
             connected_at: HashMap::new(),
             last_used: HashMap::new(),
+            closing: HashSet::new(),
         }
     }
 
@@ -118,7 +128,9 @@ impl PeerState {
     pub(crate) fn ban(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId) {
         self.banned.insert(peer, Instant::now() + BAN_TIME);
         swarm.behaviour_mut().blocked.block_peer(peer);
-        let _ = swarm.disconnect_peer_id(peer);
+        if swarm.disconnect_peer_id(peer).is_ok() {
+            self.closing.insert(peer);
+        }
     }
 
     /// Blocks a peer until unblocked (an operator's decision, no expiry).
@@ -126,7 +138,9 @@ impl PeerState {
         let new =
             self.banned.insert(peer, Instant::now() + Duration::from_secs(100 * 365 * 86_400)).is_none();
         swarm.behaviour_mut().blocked.block_peer(peer);
-        let _ = swarm.disconnect_peer_id(peer);
+        if swarm.disconnect_peer_id(peer).is_ok() {
+            self.closing.insert(peer);
+        }
         new
     }
 
@@ -186,6 +200,7 @@ impl EventLoop {
             self.peers.rtt.remove(&peer);
             self.peers.connected_at.remove(&peer);
             self.peers.last_used.remove(&peer);
+            let closed_by_us = self.peers.closing.remove(&peer);
             let now = Instant::now();
             let cooldown = self.peers.bootstrap_max * TRIMMED_COOLDOWN_FACTOR;
             for b in self.peers.bootstrap.iter_mut().filter(|b| b.peer == peer) {
@@ -195,8 +210,8 @@ impl EventLoop {
                         b.next_attempt = now;
                         b.cooldown_until = None;
                     }
-                    Some(_) => b.cooldown_until = Some(now + cooldown),
-                    None => {}
+                    Some(_) if !closed_by_us => b.cooldown_until = Some(now + cooldown),
+                    _ => {}
                 }
             }
             if let Some(node) = crate::net::node_id_of(&peer) {
@@ -218,21 +233,32 @@ impl EventLoop {
         }
     }
 
-    /// While below `target_peers`: dials bootstrap peers that are not connected, each with its
-    /// own backoff (and, while other connections are open, not one that just trimmed us), and
-    /// walks Kademlia again if the last walk is [`KAD_REWALK`] old.
+    /// Gossip mesh peers on the offers topic.
+    fn mesh_size(&self) -> usize {
+        self.swarm.behaviour().gossipsub.mesh_peers(&self.topic.hash()).count()
+    }
+
+    /// Whether the node should look for more peers: fewer than `target_peers` connections, or
+    /// fewer than [`MIN_MESH`] gossip mesh peers however many connections it has.
+    fn wants_peers(&self) -> bool {
+        self.swarm.connected_peers().count() < self.settings.target_peers || self.mesh_size() < MIN_MESH
+    }
+
+    /// While the node wants peers: dials bootstrap peers that are not connected, each with its
+    /// own backoff (and, while it has a mesh peer, not one that just trimmed us), and walks
+    /// Kademlia if it never did or the last walk is [`KAD_REWALK`] old.
     pub(super) fn dial_bootstrap(&mut self) {
-        let connected = self.swarm.connected_peers().count();
-        if connected >= self.settings.target_peers {
+        if !self.wants_peers() {
             return;
         }
         let now = Instant::now();
-        if self.peers.kad_walked.is_some_and(|t| now.duration_since(t) >= KAD_REWALK) {
+        if self.peers.kad_walked.is_none_or(|t| now.duration_since(t) >= KAD_REWALK) {
             self.walk_kademlia(now);
         }
+        let in_mesh = self.mesh_size() > 0;
         let max = self.peers.bootstrap_max;
         for b in &mut self.peers.bootstrap {
-            let cooling = connected > 0 && b.cooldown_until.is_some_and(|t| t > now);
+            let cooling = in_mesh && b.cooldown_until.is_some_and(|t| t > now);
             if self.swarm.is_connected(&b.peer) || b.next_attempt > now || cooling {
                 continue;
             }
@@ -282,9 +308,7 @@ impl EventLoop {
                     continue;
                 }
                 self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
-                if !self.swarm.is_connected(&peer)
-                    && self.swarm.connected_peers().count() < self.settings.target_peers
-                {
+                if !self.swarm.is_connected(&peer) && self.wants_peers() {
                     let _ = self.swarm.dial(DialOpts::peer_id(peer).addresses(vec![addr]).build());
                 }
             }
@@ -298,24 +322,27 @@ impl EventLoop {
     /// harder for an attacker to displace). Nothing is closed while a Kademlia query runs: a
     /// bootstrap walk asks many peers in turn and would redial each one closed under it.
     pub(super) fn trim_connections(&mut self) {
-        let connected = self.swarm.connected_peers().count();
+        let now = Instant::now();
+        let used_window = self.settings.idle_connection_timeout.max(self.settings.request_timeout);
+        // Uses of peers that never connected (failed dials) or left long ago.
+        self.peers.last_used.retain(|_, t| now.duration_since(*t) < used_window);
+        let closing = &self.peers.closing;
+        let connected = self.swarm.connected_peers().filter(|p| !closing.contains(p)).count();
         let Some(excess) = connected.checked_sub(self.settings.target_peers).filter(|e| *e > 0) else {
             return;
         };
         if self.swarm.behaviour().kad.iter_queries().next().is_some() {
             return;
         }
-        let now = Instant::now();
-        let grace = (self.settings.gossip_heartbeat * TRIM_GRACE_HEARTBEATS).max(MIN_TRIM_GRACE);
-        let used_window = self.settings.idle_connection_timeout.max(self.settings.request_timeout);
+        let grace = self.settings.gossip_heartbeat.saturating_mul(TRIM_GRACE_HEARTBEATS).max(MIN_TRIM_GRACE);
         let busy = self.peers_waited_on();
         let gossipsub = &self.swarm.behaviour().gossipsub;
         let mesh: HashSet<&PeerId> = gossipsub.mesh_peers(&self.topic.hash()).collect();
         let mut idle: Vec<(f64, Instant, PeerId)> = self
             .swarm
             .connected_peers()
-            .filter(|p| !mesh.contains(p) && !busy.contains(p))
-            .filter(|p| self.peers.last_used.get(p).is_none_or(|t| now.duration_since(*t) >= used_window))
+            .filter(|p| !mesh.contains(p) && !busy.contains(p) && !closing.contains(p))
+            .filter(|p| !self.peers.last_used.contains_key(p))
             .filter_map(|p| {
                 let since = *self.peers.connected_at.get(p)?;
                 (now.duration_since(since) >= grace)
@@ -326,6 +353,7 @@ impl EventLoop {
         for (_, _, peer) in idle.into_iter().take(excess) {
             tracing::debug!(peer = %peer, target = self.settings.target_peers, "closing an idle connection above target_peers");
             if self.swarm.disconnect_peer_id(peer).is_ok() {
+                self.peers.closing.insert(peer);
                 self.metrics.peers_trimmed.inc();
             }
         }
