@@ -2,7 +2,8 @@
 //! reaches all, a withdrawal at shutdown removes offers everywhere, a silent provider's offers
 //! expire everywhere, a restarted node has its book back before it reconnects and drops from
 //! its store what expired while it was down, and a late joiner gets a book of several sync pages.
-//! A node above `target_peers` closes the connections that carry nothing for it.
+//! A node above `target_peers` closes the connections that carry nothing for it, and not
+//! before their grace period.
 
 use anyhow::Result;
 use gpumesh_protocol::PROTOCOL_VERSION;
@@ -271,5 +272,31 @@ async fn above_target_peers_a_node_closes_idle_connections_but_keeps_its_mesh_an
     let kept: BTreeSet<String> = hub.handle().peers().await?.into_iter().map(|p| p.peer_id).collect();
     assert_eq!(kept, BTreeSet::from([member_id, renter.peer_id.to_string()]));
     assert_eq!(hub.metric_sum("gpumesh_peers_trimmed_total").await?, 5.0);
+    Ok(())
+}
+
+/// A connection is not closed for being above `target_peers` before its grace period (ten
+/// gossip heartbeats, at least 1 s) has passed: a new peer gets time to join the mesh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_connection_is_not_trimmed_before_its_grace_period() -> Result<()> {
+    let net = "t-trim-grace";
+    let mut c = test_config(net, None, &[]);
+    c.target_peers = 1;
+    let grace = Duration::from_secs(1); // test_config's heartbeat is 100 ms: 10 × 100 ms = 1 s
+    let hub = TestNode::start(c).await?;
+    let hub_addr = hub.addr().await?;
+    let first = RpcPeer::start(adversary::key(60), 4).await?;
+    first.request(Proto::Capacity, &hub_addr, b"junk".to_vec()).await?.map_err(anyhow::Error::msg)?;
+    let second = RpcPeer::start(adversary::key(61), 4).await?;
+    let dialled = std::time::Instant::now(); // the second connection opens after this
+    second.request(Proto::Capacity, &hub_addr, b"junk".to_vec()).await?.map_err(anyhow::Error::msg)?;
+    // The newer connection goes first; both are idle, the hub is one over its target.
+    let gone = second.peer_id.to_string();
+    wait_for("the hub to close the newer connection", Duration::from_secs(20), || async {
+        hub.handle().peers().await.is_ok_and(|p| p.len() == 1 && p.iter().all(|p| p.peer_id != gone))
+    })
+    .await?;
+    let closed_after = dialled.elapsed();
+    assert!(closed_after >= grace, "closed {closed_after:?} after it opened, within the {grace:?} grace");
     Ok(())
 }
