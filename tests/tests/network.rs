@@ -237,6 +237,14 @@ async fn a_late_joiner_gets_a_book_larger_than_one_sync_page() -> Result<()> {
     Ok(())
 }
 
+/// A client connected to the node at `addr` that only ever sent it one junk capacity query
+/// (which does not count as use).
+async fn idle_client(key: u64, addr: &str) -> Result<RpcPeer> {
+    let peer = RpcPeer::start(adversary::key(key), 4).await?;
+    peer.request(Proto::Capacity, addr, b"junk".to_vec()).await?.map_err(anyhow::Error::msg)?;
+    Ok(peer)
+}
+
 /// A hub with `target_peers = 1` and seven connections: a gossip-mesh member and a renter
 /// that asked a capacity query (both older than the others), and five clients that only sent
 /// junk. The hub closes exactly the five; the member and the renter stay although the hub is
@@ -260,9 +268,7 @@ async fn above_target_peers_a_node_closes_idle_connections_but_keeps_its_mesh_an
     renter.request(Proto::Capacity, &hub_addr, wire::encode(&query)).await?.map_err(anyhow::Error::msg)?;
     let mut idle = Vec::new();
     for i in 0..5 {
-        let peer = RpcPeer::start(adversary::key(50 + i), 4).await?;
-        peer.request(Proto::Capacity, &hub_addr, b"junk".to_vec()).await?.map_err(anyhow::Error::msg)?;
-        idle.push(peer);
+        idle.push(idle_client(50 + i, &hub_addr).await?);
     }
     wait_for("the hub to close five connections", Duration::from_secs(30), || async {
         hub.metric_sum("gpumesh_peers_trimmed_total").await.unwrap_or(0.0) >= 5.0
@@ -285,11 +291,9 @@ async fn a_new_connection_is_not_trimmed_before_its_grace_period() -> Result<()>
     let grace = Duration::from_secs(1); // test_config's heartbeat is 100 ms: 10 × 100 ms = 1 s
     let hub = TestNode::start(c).await?;
     let hub_addr = hub.addr().await?;
-    let first = RpcPeer::start(adversary::key(60), 4).await?;
-    first.request(Proto::Capacity, &hub_addr, b"junk".to_vec()).await?.map_err(anyhow::Error::msg)?;
-    let second = RpcPeer::start(adversary::key(61), 4).await?;
+    let _first = idle_client(60, &hub_addr).await?;
     let dialled = std::time::Instant::now(); // the second connection opens after this
-    second.request(Proto::Capacity, &hub_addr, b"junk".to_vec()).await?.map_err(anyhow::Error::msg)?;
+    let second = idle_client(61, &hub_addr).await?;
     // The newer connection goes first; both are idle, the hub is one over its target.
     let gone = second.peer_id.to_string();
     wait_for("the hub to close the newer connection", Duration::from_secs(20), || async {

@@ -44,8 +44,6 @@ struct Bootstrap {
     peer: PeerId,
     next_attempt: Instant,
     backoff: Duration,
-    /// When the current connection to it opened.
-    connected_at: Option<Instant>,
     /// Not redialled before this while the node has other connections.
     cooldown_until: Option<Instant>,
 }
@@ -88,7 +86,6 @@ impl PeerState {
                         peer,
                         next_attempt: now,
                         backoff: Duration::from_millis(250),
-                        connected_at: None,
                         cooldown_until: None,
                     })
                 })
@@ -181,11 +178,6 @@ impl EventLoop {
         if count == 1 {
             self.peers.connected_at.insert(peer, now);
         }
-        for b in &mut self.peers.bootstrap {
-            if b.peer == peer && b.connected_at.is_none() {
-                b.connected_at = Some(now);
-            }
-        }
         if self.peers.kad_walked.is_none() {
             self.walk_kademlia(now);
         }
@@ -198,13 +190,13 @@ impl EventLoop {
         if remaining == 0 {
             tracing::debug!(peer = %peer, "disconnected");
             self.peers.rtt.remove(&peer);
-            self.peers.connected_at.remove(&peer);
+            let since = self.peers.connected_at.remove(&peer);
             self.peers.last_used.remove(&peer);
             let closed_by_us = self.peers.closing.remove(&peer);
             let now = Instant::now();
             let cooldown = self.peers.bootstrap_max * TRIMMED_COOLDOWN_FACTOR;
             for b in self.peers.bootstrap.iter_mut().filter(|b| b.peer == peer) {
-                match b.connected_at.take() {
+                match since {
                     Some(t) if now.duration_since(t) >= BOOTSTRAP_STABLE => {
                         b.backoff = Duration::from_millis(250);
                         b.next_attempt = now;
