@@ -153,7 +153,7 @@ impl RawGossip {
                     .with_behaviour(|_| gossip)?
                     .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
                     .build();
-                drive(swarm, ix, &topic, arrivals, true, |b| b, Some).await
+                drive(swarm, ix, &topic, arrivals, |b| b, Some).await
             }
             Flavor::NodeSwarm => {
                 let mut seed = [9u8; 32];
@@ -164,7 +164,6 @@ impl RawGossip {
                     ix,
                     &topic,
                     arrivals,
-                    true,
                     |b| &mut b.gossipsub,
                     |e| match e {
                         gpumesh_node::net::BehaviourEvent::Gossipsub(e) => Some(e),
@@ -201,14 +200,13 @@ impl RawGossip {
 }
 
 /// Runs `swarm` in its own task: listens on loopback, subscribes to `topic`, reports every
-/// gossip message's arrival (accepting it at once if the swarm's gossipsub `validates`) and
-/// obeys [`GossipCmd`]s.
+/// gossip message's arrival (accepting it at once: both flavors run the node's gossipsub,
+/// which holds messages until the application accepts them) and obeys [`GossipCmd`]s.
 async fn drive<B>(
     mut swarm: Swarm<B>,
     ix: usize,
     topic: &str,
     arrivals: mpsc::UnboundedSender<Arrival>,
-    validates: bool,
     gossipsub: fn(&mut B) -> &mut gossipsub::Behaviour,
     event: fn(B::ToSwarm) -> Option<gossipsub::Event>,
 ) -> Result<RawGossip>
@@ -234,13 +232,11 @@ where
                         _ => None,
                     };
                     if let Some(gossipsub::Event::Message { message_id, propagation_source, .. }) = message {
-                        if validates {
-                            gossipsub(swarm.behaviour_mut()).report_message_validation_result(
-                                &message_id,
-                                &propagation_source,
-                                gossipsub::MessageAcceptance::Accept,
-                            );
-                        }
+                        gossipsub(swarm.behaviour_mut()).report_message_validation_result(
+                            &message_id,
+                            &propagation_source,
+                            gossipsub::MessageAcceptance::Accept,
+                        );
                         let _ = arrivals.send(Arrival { node: ix, id: message_id.0, at: Instant::now() });
                     }
                 }

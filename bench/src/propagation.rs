@@ -1,6 +1,7 @@
 //! Propagation: time from publishing an offer until it is in the offer book of every node
-//! (after verification, validation and storage), against raw gossipsub carrying payloads of
-//! the same size over the same topology with the same heartbeat (the headline baseline), and
+//! (after verification, validation and storage), against gossipsub alone with the node's
+//! gossip configuration carrying payloads of the same size over the same topology (the
+//! headline baseline), and
 //! against a node's whole libp2p swarm doing no application work (which splits the gap into
 //! what libp2p's other protocols cost and what the node's own path costs). Each phase also
 //! reports the process's CPU time per offer, which a noisy shared machine moves less than
@@ -59,7 +60,7 @@ pub async fn run(args: &Args) -> Result<SuiteResult> {
     let (settle_t, settled) = settle(Duration::from_secs(60)).await;
     // Nodes above target_peers close idle connections a few seconds after they open: measure
     // once the number of connections holds still.
-    let (edges_before, edges_settled) = stable_edges(&nodes).await?;
+    let (edges_before, edges_settled) = stable_edges(&nodes, &index).await?;
     let mut ours = Vec::new();
     let mut delivered = 0usize;
     let cpu0 = cpu_ticks();
@@ -117,7 +118,8 @@ pub async fn run(args: &Args) -> Result<SuiteResult> {
         goal: "ratio <= 1.2 at p99, delivery 100 %".into(),
         goal_met: ratio <= 1.2 && ours_delivery >= 1.0,
         params: json!({"nodes": n, "offers": count, "payload_bytes": size, "edges": edges.len(),
-            "edges_before_measuring": edges_before, "edges_settled": edges_settled, "heartbeat_ms": 200,
+            "edges_before_measuring": edges_before, "edges_settled": edges_settled,
+            "heartbeat_ms": crate::net::HEARTBEAT.as_millis(),
             "target_peers": node_config(NET, None, vec![]).target_peers,
             "baseline_connections": raw.connections, "node_swarm_connections": swarm_connections}),
         notes: vec![
@@ -236,19 +238,12 @@ async fn edges_of(nodes: &[BenchNode], index: &HashMap<String, usize>) -> Result
 
 /// Waits (up to 30 s) until the number of connections among `nodes` is the same in three
 /// polls one second apart; returns it, and whether it held still before the deadline.
-async fn stable_edges(nodes: &[BenchNode]) -> Result<(usize, bool)> {
-    let count = || async {
-        let mut ends = 0;
-        for node in nodes {
-            ends += node.node.handle.peers().await?.len();
-        }
-        anyhow::Ok(ends / 2)
-    };
+async fn stable_edges(nodes: &[BenchNode], index: &HashMap<String, usize>) -> Result<(usize, bool)> {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let (mut last, mut same) = (count().await?, 0);
+    let (mut last, mut same) = (edges_of(nodes, index).await?.len(), 0);
     while same < 2 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let now = count().await?;
+        let now = edges_of(nodes, index).await?.len();
         same = if now == last { same + 1 } else { 0 };
         last = now;
     }

@@ -151,7 +151,7 @@ impl EventLoop {
             .subscribe(&self.topic)
             .map_err(|e| crate::net::NetError::Build(format!("subscribe: {e}")))?;
         self.load_book();
-        self.dial_bootstrap();
+        self.seek_peers();
         Ok(())
     }
 
@@ -295,7 +295,7 @@ impl EventLoop {
         self.metrics.peers.set(self.swarm.connected_peers().count() as i64);
         self.peers.expire_bans(&mut self.swarm);
         self.trim_connections();
-        self.dial_bootstrap();
+        self.seek_peers();
     }
 
     /// An offer left the book (withdrawn or expired): tell subscribers, drop it from the store.

@@ -33,7 +33,7 @@ const MAX_BOOTSTRAP_BACKOFF: Duration = Duration::from_secs(86_400);
 /// Below this many gossip mesh peers a node looks for peers even when it holds
 /// `target_peers` connections (connections that keep themselves in use must not stop it).
 const MIN_MESH: usize = 4;
-/// How often a node below `target_peers` walks Kademlia again to find more peers. (Kademlia's
+/// How often a node that wants peers (see `wants_peers`) walks Kademlia again. (Kademlia's
 /// own periodic walk is off: a node at its target would reconnect to a score of peers every
 /// few minutes only to close them again, each asking it for a book sync.)
 const KAD_REWALK: Duration = Duration::from_secs(300);
@@ -175,13 +175,11 @@ impl EventLoop {
             self.swarm.behaviour_mut().kad.add_address(&peer, address.clone());
         }
         let now = Instant::now();
-        if count == 1 {
-            self.peers.connected_at.insert(peer, now);
-        }
         if self.peers.kad_walked.is_none() {
             self.walk_kademlia(now);
         }
         if count == 1 {
+            self.peers.connected_at.insert(peer, now);
             self.request_sync(peer);
         }
     }
@@ -239,7 +237,7 @@ impl EventLoop {
     /// While the node wants peers: dials bootstrap peers that are not connected, each with its
     /// own backoff (and, while it has a mesh peer, not one that just trimmed us), and walks
     /// Kademlia if it never did or the last walk is [`KAD_REWALK`] old.
-    pub(super) fn dial_bootstrap(&mut self) {
+    pub(super) fn seek_peers(&mut self) {
         if !self.wants_peers() {
             return;
         }

@@ -155,7 +155,8 @@ fn rr(
 /// stored (left alone, libp2p keeps up to 1024 records of up to 16 KiB each from anyone: memory
 /// a hostile peer could fill), and the record jobs a node without records never needs are off
 /// (each is a timer polled on every turn of the swarm). The periodic bootstrap walk is off
-/// too: the event loop walks again only while the node is below `target_peers`.
+/// too: the event loop walks again only while the node wants peers (fewer than
+/// `target_peers` connections or a thin gossip mesh).
 fn kad_config() -> kad::Config {
     let mut c = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
     c.set_record_filtering(kad::StoreInserts::FilterBoth)
