@@ -4,6 +4,8 @@
 //! ```text
 //! cargo run --release -p gpumesh-bench -- SUITE [--quick] [--json] [options]
 //! SUITE: propagation | ingest | search | lease | capacity | memory | all
+//!        swarm-parts (a diagnostic, not in `all`: what each of the node's libp2p
+//!        protocols adds to gossipsub alone)
 //! ```
 //!
 //! # Layout
@@ -32,7 +34,8 @@ use serde_json::Value;
 #[derive(Debug, Parser, Clone)]
 #[command(name = "gpumesh-bench", max_term_width = 100)]
 pub struct Args {
-    /// propagation, ingest, search, lease, capacity, memory, or all.
+    /// propagation, ingest, search, lease, capacity, memory, or all; swarm-parts (a diagnostic,
+    /// not in all) measures what each of the node's libp2p protocols adds to gossipsub.
     pub suite: String,
     /// Smaller sizes: every suite in about a minute in total on 2 cores.
     #[arg(long)]
@@ -40,10 +43,11 @@ pub struct Args {
     /// One JSON object per suite on stdout (human tables go to stderr).
     #[arg(long)]
     pub json: bool,
-    /// propagation: number of nodes (default 50; --quick 20).
+    /// propagation, swarm-parts: number of nodes (default 50; --quick 20).
     #[arg(long)]
     pub nodes: Option<usize>,
-    /// propagation: number of offers published (default 200; --quick 60).
+    /// propagation: number of offers published (default 200; --quick 60); swarm-parts: per
+    /// swarm and round (default 100; --quick 40).
     #[arg(long)]
     pub offers: Option<usize>,
     /// search: offers in the book (default 100000; --quick 20000).
@@ -122,8 +126,11 @@ async fn run(args: Args) -> Result<()> {
     let suites: Vec<&str> = match args.suite.as_str() {
         "all" => vec!["propagation", "ingest", "search", "lease", "capacity", "memory"],
         s @ ("propagation" | "ingest" | "search" | "lease" | "capacity" | "memory") => vec![s],
+        "swarm-parts" => vec!["swarm-parts"],
         other => {
-            bail!("unknown suite `{other}`; use propagation, ingest, search, lease, capacity, memory or all")
+            bail!(
+                "unknown suite `{other}`; use propagation, ingest, search, lease, capacity, memory, all or swarm-parts"
+            )
         }
     };
     for s in suites {
@@ -134,6 +141,7 @@ async fn run(args: Args) -> Result<()> {
             "search" => search::run(&args)?,
             "lease" => lease::run(&args).await?,
             "capacity" => capacity::run(&args).await?,
+            "swarm-parts" => propagation::parts(&args).await?,
             _ => memory::run(&args).await?,
         };
         print_human(&r);

@@ -3,14 +3,16 @@
 
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
-use gpumesh_node::config::NodeConfig;
+use gpumesh_node::config::{NodeConfig, Settings};
 use gpumesh_node::net::codec::BytesCodec;
 use gpumesh_node::{DataDir, RunningNode};
 use gpumesh_protocol::SigningKey;
 use libp2p::gossipsub::{self, IdentTopic};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identity, noise, tcp, yamux};
+use libp2p::{identify, kad, ping};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
@@ -127,6 +129,72 @@ pub enum Flavor {
     /// decoding, verification, book or store. What is left between it and a node is the
     /// node's own path.
     NodeSwarm,
+    /// Gossipsub as in `Raw` plus the chosen ones of the node's other protocols, each built as
+    /// the node builds it: a diagnostic (`swarm-parts`) that splits what the node's swarm
+    /// costs over gossipsub alone by protocol.
+    Parts(Parts),
+}
+
+/// Which of the node's other protocols a [`Flavor::Parts`] swarm runs beside gossipsub.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Parts {
+    pub identify: bool,
+    pub ping: bool,
+    pub kad: bool,
+    /// The three request-response protocols (capacity, lease, sync).
+    pub request_response: bool,
+}
+
+/// Gossipsub and, switched on or off, the node's other protocols.
+#[derive(libp2p::swarm::NetworkBehaviour)]
+pub struct PartsBehaviour {
+    gossipsub: gossipsub::Behaviour,
+    identify: Toggle<identify::Behaviour>,
+    ping: Toggle<ping::Behaviour>,
+    kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
+    capacity: Toggle<request_response::Behaviour<BytesCodec>>,
+    lease: Toggle<request_response::Behaviour<BytesCodec>>,
+    sync: Toggle<request_response::Behaviour<BytesCodec>>,
+}
+
+impl PartsBehaviour {
+    fn new(parts: Parts, key: &identity::Keypair, settings: &Settings) -> Result<PartsBehaviour> {
+        use gpumesh_node::net::{kad_config, rr};
+        use gpumesh_protocol::wire;
+        let peer_id = key.public().to_peer_id();
+        let rr_on = |on: bool, protocol, max_request, max_response| {
+            Toggle::from(on.then(|| rr(protocol, max_request, max_response, settings.request_timeout)))
+        };
+        let on = parts.request_response;
+        Ok(PartsBehaviour {
+            gossipsub: gpumesh_node::net::gossipsub_behaviour(settings)?,
+            identify: Toggle::from(parts.identify.then(|| {
+                identify::Behaviour::new(identify::Config::new(
+                    wire::IDENTIFY_PROTOCOL_VERSION.into(),
+                    key.public(),
+                ))
+            })),
+            ping: Toggle::from(
+                parts
+                    .ping
+                    .then(|| ping::Behaviour::new(ping::Config::new().with_interval(settings.ping_interval))),
+            ),
+            kad: Toggle::from(parts.kad.then(|| {
+                // Peers enter the routing table only when added by hand (never, here): left
+                // to itself, Kademlia learns every peer from identify and dials them all,
+                // and the swarm would no longer hold the topology it is given.
+                let mut config = kad_config();
+                config.set_kbucket_inserts(kad::BucketInserts::Manual);
+                let mut kad =
+                    kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), config);
+                kad.set_mode(Some(kad::Mode::Server));
+                kad
+            })),
+            capacity: rr_on(on, wire::CAPACITY_PROTOCOL, wire::MAX_CAPACITY_QUERY, wire::MAX_CAPACITY_ANSWER),
+            lease: rr_on(on, wire::LEASE_PROTOCOL, wire::MAX_LEASE_RPC, wire::MAX_LEASE_RPC),
+            sync: rr_on(on, wire::SYNC_PROTOCOL, wire::MAX_SYNC_REQUEST, wire::MAX_SYNC_ANSWER),
+        })
+    }
 }
 
 impl RawGossip {
@@ -167,6 +235,32 @@ impl RawGossip {
                     |b| &mut b.gossipsub,
                     |e| match e {
                         gpumesh_node::net::BehaviourEvent::Gossipsub(e) => Some(e),
+                        _ => None,
+                    },
+                )
+                .await
+            }
+            Flavor::Parts(parts) => {
+                let key = keypair(3_000_000 + ix as u64)?;
+                let behaviour = PartsBehaviour::new(parts, &key, &settings)?;
+                let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+                    .with_tokio()
+                    .with_tcp(
+                        tcp::Config::default().nodelay(true),
+                        noise::Config::new,
+                        yamux::Config::default,
+                    )?
+                    .with_behaviour(|_| behaviour)?
+                    .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+                    .build();
+                drive(
+                    swarm,
+                    ix,
+                    &topic,
+                    arrivals,
+                    |b| &mut b.gossipsub,
+                    |e| match e {
+                        PartsBehaviourEvent::Gossipsub(e) => Some(e),
                         _ => None,
                     },
                 )

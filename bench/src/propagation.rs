@@ -2,12 +2,13 @@
 //! (after verification, validation and storage), against gossipsub alone with the node's
 //! gossip configuration carrying payloads of the same size over the same topology (the
 //! headline baseline), and
-//! against a node's whole libp2p swarm doing no application work (which splits the gap into
-//! what libp2p's other protocols cost and what the node's own path costs). Each phase also
+//! against gossipsub with all of the node's other libp2p protocols over the same topology,
+//! doing no application work (which splits the gap into what libp2p's other protocols cost
+//! and what the node's own path costs). Each phase also
 //! reports the process's CPU time per offer, which a noisy shared machine moves less than
 //! latency.
 
-use crate::net::{Arrival, BenchNode, Flavor, RawGossip, cpu_ticks, node_config, settle, wait_until};
+use crate::net::{Arrival, BenchNode, Flavor, Parts, RawGossip, cpu_ticks, node_config, settle, wait_until};
 use crate::offers;
 use crate::stats::Summary;
 use crate::{Args, SuiteResult};
@@ -87,19 +88,23 @@ pub async fn run(args: &Args) -> Result<SuiteResult> {
     // Both baselines publish from the same nodes in the same order. The second one is a
     // diagnostic, left out of --quick to keep it within its minute.
     let raw = baseline(Flavor::Raw, n, &edges, count, size, rng.clone()).await?;
-    let swarm =
-        if args.quick { None } else { Some(baseline(Flavor::NodeSwarm, n, &edges, count, size, rng).await?) };
+    let all = Parts { identify: true, ping: true, kad: true, request_response: true };
+    let protocols = if args.quick {
+        None
+    } else {
+        Some(baseline(Flavor::Parts(all), n, &edges, count, size, rng).await?)
+    };
     let ours_s = Summary::of(&ours);
     let ratio = ours_s.p99_ms / raw.latency.p99_ms.max(1e-9);
     let ours_delivery = delivered as f64 / (count * n) as f64;
-    let vs_swarm = swarm.as_ref().map(|s| {
+    let vs_protocols = protocols.as_ref().map(|s| {
         json!({
             "p99": ours_s.p99_ms / s.latency.p99_ms.max(1e-9),
             "p50": ours_s.p50_ms / s.latency.p50_ms.max(1e-9),
         })
     });
-    let swarm_connections = swarm.as_ref().map(|s| s.connections);
-    let swarm = swarm.map(|s| {
+    let protocols_connections = protocols.as_ref().map(|s| s.connections);
+    let protocols = protocols.map(|s| {
         json!({"latency": s.latency, "delivery": s.delivery(n, count), "cpu_ms_per_offer": s.cpu_ms_per_offer,
             "settled_after_s": s.settled_after.as_secs_f64()})
     });
@@ -107,10 +112,10 @@ pub async fn run(args: &Args) -> Result<SuiteResult> {
         suite: "propagation",
         ours: json!({"latency": ours_s, "delivery": ours_delivery, "cpu_ms_per_offer": ours_cpu,
             "settled_after_s": settle_t.as_secs_f64(), "settled": settled,
-            "ratio_to_node_swarm": vs_swarm}),
+            "ratio_to_node_protocols": vs_protocols}),
         baseline: json!({"latency": raw.latency, "delivery": raw.delivery(n, count),
             "cpu_ms_per_offer": raw.cpu_ms_per_offer, "settled_after_s": raw.settled_after.as_secs_f64(),
-            "node_swarm": swarm}),
+            "node_protocols": protocols}),
         ratio,
         headline:
             "p99 time until every node has the offer: gpumesh (verified, validated, stored) / raw gossipsub"
@@ -121,11 +126,87 @@ pub async fn run(args: &Args) -> Result<SuiteResult> {
             "edges_before_measuring": edges_before, "edges_settled": edges_settled,
             "heartbeat_ms": crate::net::HEARTBEAT.as_millis(),
             "target_peers": node_config(NET, None, vec![]).target_peers,
-            "baseline_connections": raw.connections, "node_swarm_connections": swarm_connections}),
+            "baseline_connections": raw.connections, "node_protocols_connections": protocols_connections}),
         notes: vec![
-            "baseline.node_swarm (full runs only): a node's whole libp2p swarm (net::build_swarm) accepting each message at once, no application work; ours.ratio_to_node_swarm compares with it".into(),
+            "baseline.node_protocols (full runs only): gossipsub with identify, ping, Kademlia and the three request-response protocols, each built as the node builds them, over the same edges, accepting each message at once, no application work; ours.ratio_to_node_protocols compares with it (the swarm-parts suite splits it by protocol)".into(),
             "cpu_ms_per_offer: CPU time of the whole process (all nodes) per offer while that phase measured".into(),
-            "edges: the connections among our nodes after measuring, which the baselines dial; baseline_connections and node_swarm_connections: what each baseline had after measuring (Kademlia in the node's swarm dials more, and nothing trims them there)".into(),
+            "edges: the connections among our nodes after measuring, which the baselines dial; baseline_connections and node_protocols_connections: what each baseline had after measuring".into(),
+        ],
+    })
+}
+
+/// Diagnostic (`swarm-parts`, not part of `all`): what each of the node's other libp2p
+/// protocols adds to gossipsub alone. The same swarms as the baselines, over one random
+/// topology about as dense as the one the nodes settle on, each variant measured `rounds`
+/// times in turn so that noise falls on all of them alike.
+pub async fn parts(args: &Args) -> Result<SuiteResult> {
+    let n = args.pick(args.nodes, 50, 20).max(2);
+    let count = args.pick(args.offers, 100, 40);
+    let rounds = if args.quick { 1 } else { 2 };
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    // Each node dials up to 12 earlier ones: about 22 connections a node, as at target_peers 24.
+    let mut edges = BTreeSet::new();
+    for i in 1..n {
+        for _ in 0..12.min(i) {
+            edges.insert((i, rng.below(i)));
+        }
+    }
+    let size = {
+        let k = offers::key(0);
+        envelope::seal(&k, &offers::offer(&k, NET, 0, 1, 1, gpumesh_node::clock::now())).len()
+    };
+    let only = |p: Parts| Flavor::Parts(p);
+    let none = Parts::default();
+    let variants = [
+        ("gossipsub", Flavor::Raw),
+        ("+identify", only(Parts { identify: true, ..none })),
+        ("+ping", only(Parts { ping: true, ..none })),
+        ("+kademlia", only(Parts { kad: true, ..none })),
+        ("+request-response x3", only(Parts { request_response: true, ..none })),
+        ("+identify +kademlia", only(Parts { identify: true, kad: true, ..none })),
+        ("+all four", only(Parts { identify: true, ping: true, kad: true, request_response: true })),
+        ("node swarm", Flavor::NodeSwarm),
+    ];
+    let mut runs: Vec<Vec<Baseline>> = variants.iter().map(|_| Vec::new()).collect();
+    for _ in 0..rounds {
+        for (i, (_, flavor)) in variants.iter().enumerate() {
+            runs[i].push(baseline(*flavor, n, &edges, count, size, rng.clone()).await?);
+        }
+    }
+    let mean = |v: &[Baseline], f: fn(&Baseline) -> f64| v.iter().map(f).sum::<f64>() / v.len() as f64;
+    let cpu = |b: &Baseline| b.cpu_ms_per_offer.unwrap_or(f64::NAN);
+    let base_cpu = mean(&runs[0], cpu);
+    let base_p99 = mean(&runs[0], |b| b.latency.p99_ms);
+    let mut table = Vec::new();
+    for ((name, _), v) in variants.iter().zip(&runs) {
+        let p99 = mean(v, |b| b.latency.p99_ms);
+        let row = json!({
+            "swarm": name,
+            "p50_ms": mean(v, |b| b.latency.p50_ms),
+            "p99_ms": p99,
+            "cpu_ms_per_offer": mean(v, cpu),
+            "cpu_vs_gossipsub": mean(v, cpu) / base_cpu,
+            "p99_vs_gossipsub": p99 / base_p99,
+            "delivery": v.iter().map(|b| b.delivery(n, count)).sum::<f64>() / v.len() as f64,
+            "connections": v.iter().map(|b| b.connections).max(),
+        });
+        eprintln!("  {row}");
+        table.push(row);
+    }
+    let all = &table[6];
+    Ok(SuiteResult {
+        suite: "swarm-parts",
+        ours: json!(table),
+        baseline: table[0].clone(),
+        ratio: all["cpu_vs_gossipsub"].as_f64().unwrap_or(f64::NAN),
+        headline: "CPU per offer of gossipsub with all four of the node's other protocols / gossipsub alone".into(),
+        goal: "none: a diagnostic".into(),
+        goal_met: true,
+        params: json!({"nodes": n, "offers": count, "rounds": rounds, "edges": edges.len(), "payload_bytes": size}),
+        notes: vec![
+            "each row: gossipsub with the node's configuration plus the named protocols, built as the node builds them; \
+             figures are means over the rounds"
+                .into(),
         ],
     })
 }

@@ -138,7 +138,9 @@ pub fn score_params(network: &str) -> (gossipsub::PeerScoreParams, gossipsub::Pe
     (params, thresholds)
 }
 
-fn rr(
+/// A request-response behaviour for one of the node's protocols: the raw-bytes codec with
+/// these size limits, this timeout, up to 256 concurrent streams per connection.
+pub fn rr(
     protocol: &'static str,
     max_request: usize,
     max_response: usize,
@@ -157,7 +159,7 @@ fn rr(
 /// (each is a timer polled on every turn of the swarm). The periodic bootstrap walk is off
 /// too: the event loop walks again only while the node wants peers (fewer than
 /// `target_peers` connections or a thin gossip mesh).
-fn kad_config() -> kad::Config {
+pub fn kad_config() -> kad::Config {
     let mut c = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
     c.set_record_filtering(kad::StoreInserts::FilterBoth)
         .set_replication_interval(None)
