@@ -83,6 +83,13 @@ fn crypto(c: &mut Criterion) {
         let sig = ed25519_dalek::Signature::from_bytes(&raw.signature);
         b.iter(|| vk.verify_strict(black_box(&msg), &sig).unwrap())
     });
+    g.bench_function("envelope_verify", |b| {
+        // The envelope's own strict verification (verify_strict's decisions, R not
+        // decompressed), key decompressed beforehand as for verify_strict_baseline.
+        let raw = RawEnvelope::parse(&bytes).unwrap();
+        let vk = key.verifying_key();
+        b.iter(|| black_box(&raw).verify_with(&vk).unwrap())
+    });
     g.bench_function("open", |b| b.iter(|| envelope::open::<Offer>(black_box(&bytes)).unwrap()));
     g.bench_function("open_and_validate", |b| {
         b.iter(|| {

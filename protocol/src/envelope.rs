@@ -157,9 +157,41 @@ impl<'a> RawEnvelope<'a> {
     /// Like [`RawEnvelope::verify_signature`], with the signer's key already decompressed
     /// (from a [`KeyCache`]).
     pub fn verify_with(&self, key: &VerifyingKey) -> Result<(), Invalid> {
-        let sig = Signature::from_bytes(&self.signature);
-        key.verify_strict(&self.signed_bytes(), &sig).map_err(|_| Invalid::BadSignature)
+        strict_verify(key, self.kind.domain_tag(), self.body, &self.signature)
     }
+}
+
+/// Exactly ed25519-dalek's `verify_strict` of `signature` over `tag || body`, computed
+/// without its two avoidable costs: the message is hashed in two pieces instead of being
+/// copied into one buffer, and the signature's R is not decompressed.
+///
+/// `verify_strict` accepts when s is canonical, neither R nor the key is a point of small
+/// order, and `[s]B - [k]A` compresses to exactly R's 32 bytes (k = SHA-512(R || A || M)).
+/// It decompresses R only to test it for small order. But a compression is always the
+/// canonical encoding of a curve point, so whenever the final comparison succeeds R's bytes
+/// are the canonical encoding of a point, and that point has small order exactly when those
+/// bytes are one of the eight canonical encodings of the small-order points. Testing the bytes
+/// against those eight therefore accepts and rejects the same signatures, and costs nothing
+/// next to a decompression (a field exponentiation, about a tenth of a verification).
+/// `verify_stream` checks s and runs the same hash and comparison as `verify_strict`, without
+/// the small-order tests, which are made here. `envelope::tests` checks the two agree on
+/// signatures built to fail each test.
+fn strict_verify(key: &VerifyingKey, tag: &[u8], body: &[u8], signature: &[u8; 64]) -> Result<(), Invalid> {
+    let r = &signature[..32];
+    if key.is_weak() || small_order_encodings().iter().any(|e| e[..] == *r) {
+        return Err(Invalid::BadSignature);
+    }
+    let mut v = key.verify_stream(&Signature::from_bytes(signature)).map_err(|_| Invalid::BadSignature)?;
+    v.update(tag);
+    v.update(body);
+    v.finalize_and_verify().map_err(|_| Invalid::BadSignature)
+}
+
+/// The canonical encodings of the eight points of order dividing 8 (the points
+/// `verify_strict` calls small order).
+fn small_order_encodings() -> &'static [[u8; 32]; 8] {
+    static ENCODINGS: std::sync::OnceLock<[[u8; 32]; 8]> = std::sync::OnceLock::new();
+    ENCODINGS.get_or_init(|| curve25519_dalek::constants::EIGHT_TORSION.map(|p| p.compress().to_bytes()))
 }
 
 /// Minimal reader for the envelope's fixed CBOR layout.

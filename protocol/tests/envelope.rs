@@ -152,3 +152,156 @@ fn a_small_order_signer_key_is_refused() {
     let bytes = assemble(Kind::Offer, &NodeId::from_bytes(weak), &[0xa0], &[0; 64]);
     assert!(matches!(open::<Offer>(&bytes), Err(Invalid::BadSignature | Invalid::BadSignerKey)));
 }
+
+/// Signatures built to pass or fail each test `verify_strict` makes, for checking that the
+/// envelope's own strict verification (which skips decompressing R) decides every one the same.
+mod strict {
+    use super::*;
+    use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT as B, EIGHT_TORSION};
+    use curve25519_dalek::{EdwardsPoint, Scalar};
+    use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+    use sha2::{Digest, Sha512};
+
+    const BODY: &[u8] = b"\xa1\x61v\x01 any bytes: the signature is checked before the body is decoded";
+
+    fn message() -> Vec<u8> {
+        [Kind::Offer.domain_tag(), BODY].concat()
+    }
+
+    /// k = SHA-512(R || A || M) reduced mod l, as the verifier computes it.
+    fn challenge(r: &[u8; 32], a: &[u8; 32]) -> Scalar {
+        let mut h = Sha512::new();
+        h.update(r);
+        h.update(a);
+        h.update(message());
+        let wide: [u8; 64] = h.finalize().into();
+        Scalar::from_bytes_mod_order_wide(&wide)
+    }
+
+    fn signature(r: &[u8; 32], s: &[u8; 32]) -> [u8; 64] {
+        let mut sig = [0u8; 64];
+        sig[..32].copy_from_slice(r);
+        sig[32..].copy_from_slice(s);
+        sig
+    }
+
+    /// The envelope's decision and ed25519-dalek's `verify_strict` on the same bytes; panics
+    /// if they differ. `true` means accepted.
+    fn decide(signer: &[u8; 32], sig: &[u8; 64]) -> bool {
+        let bytes = assemble(Kind::Offer, &NodeId::from_bytes(*signer), BODY, sig);
+        let ours = RawEnvelope::parse(&bytes).unwrap().verify_signature();
+        let dalek = VerifyingKey::from_bytes(signer)
+            .map(|k| k.verify_strict(&message(), &Signature::from_bytes(sig)).is_ok())
+            .unwrap_or(false);
+        assert_eq!(ours.is_ok(), dalek, "envelope {ours:?} but verify_strict {dalek}");
+        if let Err(e) = ours {
+            assert!(matches!(e, Invalid::BadSignature | Invalid::BadSignerKey), "{e:?}");
+        }
+        dalek
+    }
+
+    /// Whether the plain (cofactorless, non-strict) check accepts: shows that a forged case
+    /// depends on the strict tests.
+    fn lax(signer: &[u8; 32], sig: &[u8; 64]) -> bool {
+        VerifyingKey::from_bytes(signer).unwrap().verify(&message(), &Signature::from_bytes(sig)).is_ok()
+    }
+
+    /// R = [r]B + `torsion` and s = r + k*a for the key of `k`.
+    fn sign_with_r(k: &SigningKey, r: Scalar, torsion: EdwardsPoint) -> [u8; 64] {
+        let a = k.verifying_key().to_bytes();
+        let big_r = (B * r + torsion).compress().to_bytes();
+        let s = r + challenge(&big_r, &a) * k.to_scalar();
+        signature(&big_r, &s.to_bytes())
+    }
+
+    #[test]
+    fn an_honest_signature_is_accepted_by_both() {
+        let k = key(7);
+        use ed25519_dalek::Signer;
+        let sig = k.sign(&message()).to_bytes();
+        assert!(decide(&k.verifying_key().to_bytes(), &sig));
+        let sig = sign_with_r(&k, Scalar::from(12345u64), EdwardsPoint::default());
+        assert!(decide(&k.verifying_key().to_bytes(), &sig));
+    }
+
+    #[test]
+    fn a_small_order_r_is_refused_by_both_even_where_the_equation_holds() {
+        let k = key(7);
+        let a = k.verifying_key().to_bytes();
+        for (i, t) in EIGHT_TORSION.iter().enumerate() {
+            // R = T, s = k*a: [s]B - [k]A is the identity, so the equation holds for T = 0.
+            let r = t.compress().to_bytes();
+            let sig = signature(&r, &(challenge(&r, &a) * k.to_scalar()).to_bytes());
+            if i == 0 {
+                assert!(lax(&a, &sig), "the identity as R passes the plain check");
+            }
+            assert!(!decide(&a, &sig), "torsion point {i}");
+        }
+    }
+
+    #[test]
+    fn an_r_with_a_torsion_component_is_refused_by_both() {
+        let k = key(7);
+        for t in &EIGHT_TORSION[1..] {
+            let sig = sign_with_r(&k, Scalar::from(99u64), *t);
+            assert!(!decide(&k.verifying_key().to_bytes(), &sig));
+        }
+    }
+
+    #[test]
+    fn a_small_order_key_is_refused_by_both_even_where_the_equation_holds() {
+        // A = the identity, R = the identity, s = 0: [0]B - [k]A = R for every message.
+        let identity = EdwardsPoint::default().compress().to_bytes();
+        let sig = signature(&identity, &[0; 32]);
+        assert!(lax(&identity, &sig));
+        assert!(!decide(&identity, &sig));
+        // A = a point of order 8: R = [r]B - [g]A holds when k = g mod 8; try r until it does.
+        let a_point = EIGHT_TORSION[1];
+        let a = a_point.compress().to_bytes();
+        let mut found = 0;
+        for r in 1..200u64 {
+            for g in 0..8u64 {
+                let big_r = (B * Scalar::from(r) - a_point * Scalar::from(g)).compress().to_bytes();
+                let k = challenge(&big_r, &a);
+                if k.to_bytes()[0] % 8 != g as u8 {
+                    continue;
+                }
+                let sig = signature(&big_r, &Scalar::from(r).to_bytes());
+                assert!(lax(&a, &sig), "r {r}, g {g}");
+                assert!(!decide(&a, &sig));
+                found += 1;
+            }
+        }
+        assert!(found > 10, "only {found} forgeries found to test");
+    }
+
+    #[test]
+    fn non_canonical_encodings_of_s_and_r_are_refused_by_both() {
+        let k = key(7);
+        let a = k.verifying_key().to_bytes();
+        let honest = sign_with_r(&k, Scalar::from(5u64), EdwardsPoint::default());
+        // s + l: the same scalar, not reduced.
+        let l: [u8; 32] = [
+            0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14,
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        ];
+        let mut s_plus_l = [0u8; 32];
+        let mut carry = 0u16;
+        for i in 0..32 {
+            let v = honest[32 + i] as u16 + l[i] as u16 + carry;
+            s_plus_l[i] = v as u8;
+            carry = v >> 8;
+        }
+        assert!(!decide(&a, &signature(honest[..32].try_into().unwrap(), &s_plus_l)));
+        // R = the identity written as y = p + 1 (not reduced), with s = k*a.
+        let mut y = [0xffu8; 32];
+        y[0] = 0xee;
+        y[31] = 0x7f;
+        let sig = signature(&y, &(challenge(&y, &a) * k.to_scalar()).to_bytes());
+        assert!(!decide(&a, &sig));
+        // R bytes that are no curve point at all.
+        let mut junk = [0u8; 32];
+        junk[0] = 2;
+        assert!(!decide(&a, &signature(&junk, &honest[32..].try_into().unwrap())));
+    }
+}
