@@ -28,6 +28,8 @@ const BOOTSTRAP_STABLE: Duration = Duration::from_secs(60);
 /// one well-known node would otherwise redial it after every trim, forever). It is left alone
 /// for this many times the longest retry backoff, unless this node has no gossip mesh peer.
 const TRIMMED_COOLDOWN_FACTOR: u32 = 10;
+/// A bootstrap peer's first retry backoff.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 /// The longest bootstrap retry backoff honoured (longer settings are cut to this).
 const MAX_BOOTSTRAP_BACKOFF: Duration = Duration::from_secs(86_400);
 /// Below this many gossip mesh peers a node looks for peers even when it holds
@@ -46,6 +48,42 @@ struct Bootstrap {
     backoff: Duration,
     /// Not redialled before this while the node has other connections.
     cooldown_until: Option<Instant>,
+}
+
+impl Bootstrap {
+    fn new(addr: Multiaddr, peer: PeerId, now: Instant) -> Bootstrap {
+        Bootstrap { addr, peer, next_attempt: now, backoff: FIRST_BACKOFF, cooldown_until: None }
+    }
+
+    /// Its connection closed after being open for `held` (`None`: it never counted as
+    /// open). One that held [`BOOTSTRAP_STABLE`] makes the peer due again at once with the
+    /// first backoff; a shorter one the peer closed (we did not trim, ban or block it) puts the
+    /// peer in a cooldown of `cooldown`, so that a bootstrap peer above its own target is not
+    /// redialled only to close the connection again.
+    fn closed(&mut self, held: Option<Duration>, closed_by_us: bool, now: Instant, cooldown: Duration) {
+        match held {
+            Some(d) if d >= BOOTSTRAP_STABLE => {
+                self.backoff = FIRST_BACKOFF;
+                self.next_attempt = now;
+                self.cooldown_until = None;
+            }
+            Some(_) if !closed_by_us => self.cooldown_until = Some(now + cooldown),
+            _ => {}
+        }
+    }
+
+    /// Whether to dial it now: not connected, its backoff has passed, and not in a cooldown
+    /// unless the node has no gossip mesh peer (an isolated node dials whatever it can).
+    fn due(&self, now: Instant, connected: bool, in_mesh: bool) -> bool {
+        let cooling = in_mesh && self.cooldown_until.is_some_and(|t| t > now);
+        !connected && self.next_attempt <= now && !cooling
+    }
+
+    /// A dial started: the next one waits for the backoff, which doubles up to `max`.
+    fn dialled(&mut self, now: Instant, max: Duration) {
+        self.next_attempt = now + self.backoff;
+        self.backoff = (self.backoff * 2).min(max);
+    }
 }
 
 /// What the event loop knows about peers.
@@ -80,15 +118,7 @@ impl PeerState {
             bootstrap: settings
                 .bootstrap
                 .iter()
-                .filter_map(|a| {
-                    peer_of(a).map(|peer| Bootstrap {
-                        addr: a.clone(),
-                        peer,
-                        next_attempt: now,
-                        backoff: Duration::from_millis(250),
-                        cooldown_until: None,
-                    })
-                })
+                .filter_map(|a| peer_of(a).map(|peer| Bootstrap::new(a.clone(), peer, now)))
                 .collect(),
             bootstrap_max: settings
                 .bootstrap_retry_max
@@ -188,21 +218,13 @@ impl EventLoop {
         if remaining == 0 {
             tracing::debug!(peer = %peer, "disconnected");
             self.peers.rtt.remove(&peer);
-            let since = self.peers.connected_at.remove(&peer);
+            let held = self.peers.connected_at.remove(&peer).map(|t| t.elapsed());
             self.peers.last_used.remove(&peer);
             let closed_by_us = self.peers.closing.remove(&peer);
             let now = Instant::now();
             let cooldown = self.peers.bootstrap_max * TRIMMED_COOLDOWN_FACTOR;
             for b in self.peers.bootstrap.iter_mut().filter(|b| b.peer == peer) {
-                match since {
-                    Some(t) if now.duration_since(t) >= BOOTSTRAP_STABLE => {
-                        b.backoff = Duration::from_millis(250);
-                        b.next_attempt = now;
-                        b.cooldown_until = None;
-                    }
-                    Some(_) if !closed_by_us => b.cooldown_until = Some(now + cooldown),
-                    _ => {}
-                }
+                b.closed(held, closed_by_us, now, cooldown);
             }
             if let Some(node) = crate::net::node_id_of(&peer) {
                 self.book.set_latency(node, None);
@@ -248,8 +270,7 @@ impl EventLoop {
         let in_mesh = self.mesh_size() > 0;
         let max = self.peers.bootstrap_max;
         for b in &mut self.peers.bootstrap {
-            let cooling = in_mesh && b.cooldown_until.is_some_and(|t| t > now);
-            if self.swarm.is_connected(&b.peer) || b.next_attempt > now || cooling {
+            if !b.due(now, self.swarm.is_connected(&b.peer), in_mesh) {
                 continue;
             }
             tracing::debug!(addr = %b.addr, "dialing bootstrap peer");
@@ -258,8 +279,7 @@ impl EventLoop {
                 tracing::debug!(addr = %b.addr, error = %e, "bootstrap dial not started");
             }
             self.swarm.behaviour_mut().kad.add_address(&b.peer, b.addr.clone());
-            b.next_attempt = now + b.backoff;
-            b.backoff = (b.backoff * 2).min(max);
+            b.dialled(now, max);
         }
     }
 
@@ -386,5 +406,71 @@ impl EventLoop {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: Duration = Duration::from_secs(1);
+    const COOLDOWN: Duration = Duration::from_secs(10);
+
+    fn entry(now: Instant) -> Bootstrap {
+        Bootstrap::new("/ip4/127.0.0.1/tcp/1".parse().unwrap(), PeerId::random(), now)
+    }
+
+    #[test]
+    fn a_bootstrap_peer_that_closes_a_young_connection_cools_down_while_the_node_has_a_mesh() {
+        let t0 = Instant::now();
+        let mut b = entry(t0);
+        assert!(b.due(t0, false, true));
+        b.dialled(t0, MAX);
+        let closed = t0 + Duration::from_secs(2);
+        b.closed(Some(Duration::from_secs(2)), false, closed, COOLDOWN);
+        // Backoff long past, but cooling down: not dialled while a mesh peer exists.
+        assert!(!b.due(closed + Duration::from_secs(9), false, true));
+        // An isolated node dials it anyway.
+        assert!(b.due(closed + Duration::from_secs(1), false, false));
+        assert!(b.due(closed + COOLDOWN, false, true));
+    }
+
+    #[test]
+    fn a_connection_this_node_closed_starts_no_cooldown() {
+        let t0 = Instant::now();
+        let mut b = entry(t0);
+        b.dialled(t0, MAX);
+        b.closed(Some(Duration::from_secs(2)), true, t0 + Duration::from_secs(2), COOLDOWN);
+        assert!(b.due(t0 + Duration::from_secs(3), false, true));
+    }
+
+    #[test]
+    fn a_connection_that_held_resets_the_backoff_and_any_cooldown() {
+        let t0 = Instant::now();
+        let mut b = entry(t0);
+        for i in 0..5 {
+            b.dialled(t0 + MAX * i, MAX);
+        }
+        assert_eq!(b.backoff, MAX);
+        b.closed(Some(Duration::from_secs(1)), false, t0, COOLDOWN);
+        // Within that cooldown, a later connection that held ends it.
+        let later = t0 + Duration::from_secs(1);
+        b.closed(Some(BOOTSTRAP_STABLE), false, later, COOLDOWN);
+        assert!(b.due(later, false, true));
+        assert_eq!(b.backoff, FIRST_BACKOFF);
+    }
+
+    #[test]
+    fn the_backoff_doubles_up_to_its_cap_and_a_connected_peer_is_never_due() {
+        let t0 = Instant::now();
+        let mut b = entry(t0);
+        b.dialled(t0, MAX);
+        assert!(!b.due(t0 + FIRST_BACKOFF / 2, false, false));
+        assert!(b.due(t0 + FIRST_BACKOFF, false, false));
+        assert!(!b.due(t0 + FIRST_BACKOFF, true, false));
+        b.dialled(t0, MAX);
+        b.dialled(t0, MAX);
+        b.dialled(t0, MAX);
+        assert_eq!(b.backoff, MAX);
     }
 }
