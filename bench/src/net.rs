@@ -145,6 +145,11 @@ pub struct Parts {
     pub request_response: bool,
 }
 
+impl Parts {
+    /// Every protocol the node runs beside gossipsub.
+    pub const ALL: Parts = Parts { identify: true, ping: true, kad: true, request_response: true };
+}
+
 /// Gossipsub and, switched on or off, the node's other protocols.
 #[derive(libp2p::swarm::NetworkBehaviour)]
 pub struct PartsBehaviour {
@@ -211,16 +216,7 @@ impl RawGossip {
         match flavor {
             Flavor::Raw => {
                 let gossip = gpumesh_node::net::gossipsub_behaviour(&settings)?;
-                let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair(1_000_000 + ix as u64)?)
-                    .with_tokio()
-                    .with_tcp(
-                        tcp::Config::default().nodelay(true),
-                        noise::Config::new,
-                        yamux::Config::default,
-                    )?
-                    .with_behaviour(|_| gossip)?
-                    .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
-                    .build();
+                let swarm = tcp_swarm(keypair(1_000_000 + ix as u64)?, gossip)?;
                 drive(swarm, ix, &topic, arrivals, |b| b, Some).await
             }
             Flavor::NodeSwarm => {
@@ -243,16 +239,7 @@ impl RawGossip {
             Flavor::Parts(parts) => {
                 let key = keypair(3_000_000 + ix as u64)?;
                 let behaviour = PartsBehaviour::new(parts, &key, &settings)?;
-                let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
-                    .with_tokio()
-                    .with_tcp(
-                        tcp::Config::default().nodelay(true),
-                        noise::Config::new,
-                        yamux::Config::default,
-                    )?
-                    .with_behaviour(|_| behaviour)?
-                    .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
-                    .build();
+                let swarm = tcp_swarm(key, behaviour)?;
                 drive(
                     swarm,
                     ix,
@@ -462,16 +449,21 @@ impl RrClient {
 }
 
 fn rr_swarm(ix: u64, protocol: &'static str) -> Result<Swarm<request_response::Behaviour<BytesCodec>>> {
-    Ok(libp2p::SwarmBuilder::with_existing_identity(keypair(2_000_000 + ix)?)
+    let rr = request_response::Behaviour::with_codec(
+        BytesCodec { max_request: 1 << 20, max_response: 1 << 20 },
+        [(StreamProtocol::new(protocol), ProtocolSupport::Full)],
+        request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+    );
+    tcp_swarm(keypair(2_000_000 + ix)?, rr)
+}
+
+/// A swarm of `behaviour` over TCP with noise and yamux (the node's TCP stack, no QUIC or
+/// DNS), as every baseline runs it.
+fn tcp_swarm<B: libp2p::swarm::NetworkBehaviour>(key: identity::Keypair, behaviour: B) -> Result<Swarm<B>> {
+    Ok(libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
-        .with_behaviour(|_| {
-            request_response::Behaviour::with_codec(
-                BytesCodec { max_request: 1 << 20, max_response: 1 << 20 },
-                [(StreamProtocol::new(protocol), ProtocolSupport::Full)],
-                request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
-            )
-        })?
+        .with_behaviour(|_| behaviour)?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
         .build())
 }

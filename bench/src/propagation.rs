@@ -15,7 +15,7 @@ use crate::{Args, SuiteResult};
 use anyhow::{Context, Result};
 use gpumesh_node::net::message_id;
 use gpumesh_protocol::{Timestamp, envelope};
-use serde_json::json;
+use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -88,11 +88,10 @@ pub async fn run(args: &Args) -> Result<SuiteResult> {
     // Both baselines publish from the same nodes in the same order. The second one is a
     // diagnostic, left out of --quick to keep it within its minute.
     let raw = baseline(Flavor::Raw, n, &edges, count, size, rng.clone()).await?;
-    let all = Parts { identify: true, ping: true, kad: true, request_response: true };
     let protocols = if args.quick {
         None
     } else {
-        Some(baseline(Flavor::Parts(all), n, &edges, count, size, rng).await?)
+        Some(baseline(Flavor::Parts(Parts::ALL), n, &edges, count, size, rng).await?)
     };
     let ours_s = Summary::of(&ours);
     let ratio = ours_s.p99_ms / raw.latency.p99_ms.max(1e-9);
@@ -140,6 +139,7 @@ pub async fn run(args: &Args) -> Result<SuiteResult> {
 /// topology about as dense as the one the nodes settle on, each variant measured `rounds`
 /// times in turn so that noise falls on all of them alike.
 pub async fn parts(args: &Args) -> Result<SuiteResult> {
+    const ALL_FOUR: &str = "+all four";
     let n = args.pick(args.nodes, 50, 20).max(2);
     let count = args.pick(args.offers, 100, 40);
     let rounds = if args.quick { 1 } else { 2 };
@@ -164,7 +164,7 @@ pub async fn parts(args: &Args) -> Result<SuiteResult> {
         ("+kademlia", only(Parts { kad: true, ..none })),
         ("+request-response x3", only(Parts { request_response: true, ..none })),
         ("+identify +kademlia", only(Parts { identify: true, kad: true, ..none })),
-        ("+all four", only(Parts { identify: true, ping: true, kad: true, request_response: true })),
+        (ALL_FOUR, only(Parts::ALL)),
         ("node swarm", Flavor::NodeSwarm),
     ];
     let mut runs: Vec<Vec<Baseline>> = variants.iter().map(|_| Vec::new()).collect();
@@ -193,7 +193,7 @@ pub async fn parts(args: &Args) -> Result<SuiteResult> {
         eprintln!("  {row}");
         table.push(row);
     }
-    let all = &table[6];
+    let all = variants.iter().position(|(name, _)| *name == ALL_FOUR).map_or(&Value::Null, |i| &table[i]);
     Ok(SuiteResult {
         suite: "swarm-parts",
         ours: json!(table),
