@@ -14,6 +14,8 @@
 //! - [`envelope`]: the signed envelope, domain tags, size limits, and [`Verified`].
 //! - [`error`]: [`Invalid`], every reason a remote message is refused.
 //! - [`offer`]: [`Offer`], [`Withdrawal`] and their validation rules.
+//! - [`offer_cbor`]: a decoder for offers in the exact form this crate encodes them, beside
+//!   serde's (which decides everything else).
 //! - [`book`]: [`OfferBook`], the offer book's rules and in-memory index.
 //! - [`lease`]: lease messages and the provider and renter state machines.
 //! - [`wire`]: protocol names and the request-response messages.
@@ -27,6 +29,7 @@ pub mod error;
 pub mod id;
 pub mod lease;
 pub mod offer;
+pub mod offer_cbor;
 pub mod price;
 pub mod query;
 pub mod rank;

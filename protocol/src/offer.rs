@@ -78,6 +78,10 @@ impl Body for Offer {
     fn claimed_signer(&self) -> &NodeId {
         &self.provider
     }
+    /// The canonical form without serde ([`crate::offer_cbor`]), anything else with serde.
+    fn decode(bytes: &[u8]) -> Result<Offer, Invalid> {
+        crate::offer_cbor::decode(bytes).map_or_else(|| crate::envelope::decode_body(bytes), Ok)
+    }
 }
 
 impl Body for Withdrawal {

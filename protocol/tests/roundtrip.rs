@@ -181,3 +181,196 @@ proptest! {
         prop_assert_eq!(l.to_string().parse::<LeaseId>().unwrap(), l);
     }
 }
+
+/// Serde's decision on `bytes` and the node's (the canonical-form decoder, serde for the
+/// rest) must be the same: the same offer, or an error from both.
+fn decides_as_serde(bytes: &[u8]) {
+    let serde = envelope::decode_body::<Offer>(bytes).ok();
+    if let Some(fast) = gpumesh_protocol::offer_cbor::decode(bytes) {
+        assert_eq!(
+            serde.as_ref(),
+            Some(&fast),
+            "the canonical decoder accepted what serde decodes otherwise"
+        );
+    }
+    assert_eq!(<Offer as Body>::decode(bytes).ok(), serde);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn encoded_offers_decode_without_serde_to_what_serde_decodes(o in offer()) {
+        let bytes = envelope::encode_body(&o);
+        prop_assert_eq!(gpumesh_protocol::offer_cbor::decode(&bytes), Some(o.clone()));
+        prop_assert_eq!(envelope::decode_body::<Offer>(&bytes).unwrap(), o);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
+
+    /// Every single-byte change, deletion and insertion of an encoded offer is decided alike.
+    #[test]
+    fn every_single_byte_change_of_an_offer_is_decided_as_serde_decides(o in offer()) {
+        // Each option both present and absent.
+        let mut other = o.clone();
+        other.gpu.compute_capability = match o.gpu.compute_capability { Some(_) => None, None => Some(ComputeCapability(9, 0)) };
+        other.gpu.cuda_version = match &o.gpu.cuda_version { Some(_) => None, None => Some("12.4".into()) };
+        for o in [o, other] {
+        let bytes = envelope::encode_body(&o);
+        for i in 0..bytes.len() {
+            for new in [bytes[i] ^ 0x01, bytes[i] ^ 0x20, bytes[i] ^ 0x80, bytes[i].wrapping_add(1), 0x00, 0xf6, 0xf7, 0xff] {
+                let mut m = bytes.clone();
+                m[i] = new;
+                decides_as_serde(&m);
+            }
+            let mut m = bytes.clone();
+            m.remove(i);
+            decides_as_serde(&m);
+            let mut m = bytes.clone();
+            m.insert(i, 0x00);
+            decides_as_serde(&m);
+        }
+        let mut m = bytes.clone();
+        m.push(0x00);
+        decides_as_serde(&m);
+        }
+    }
+}
+
+/// Forms serde accepts that the canonical decoder leaves to it: still decoded, and alike.
+#[test]
+fn other_encodings_of_an_offer_are_left_to_serde() {
+    let o = Offer {
+        v: PROTOCOL_VERSION,
+        network: "n".into(),
+        offer_id: OfferId::from_bytes([1; 8]),
+        provider: NodeId::from_bytes([2; 32]),
+        seq: 3,
+        issued_at: Timestamp(4),
+        expires_at: Timestamp(5),
+        gpu: GpuSpec {
+            vendor: "nvidia".into(),
+            model: "H100".into(),
+            vram_mib: 81_920,
+            compute_capability: None,
+            interconnect: Interconnect::Sxm,
+            cuda_version: None,
+            driver_version: Some("550".into()),
+        },
+        gpu_total: 8,
+        gpu_free: 8,
+        host: HostSpec { cpu_cores: 64, ram_mib: 1 << 19, disk_gib: 2000, region: "eu".into() },
+        price: Price(2_000_000),
+        min_duration_s: 60,
+        max_duration_s: 3600,
+        addrs: vec![],
+    };
+    let canonical = envelope::encode_body(&o);
+    assert_eq!(canonical[..4], [0xaf, 0x61, b'v', 0x01]);
+    let value: ciborium::Value = ciborium::from_reader(&canonical[..]).unwrap();
+    let reencode = |v: &ciborium::Value| {
+        let mut out = Vec::new();
+        ciborium::into_writer(v, &mut out).unwrap();
+        out
+    };
+    let mut variants = Vec::new();
+    // `v` as a one-byte integer where the shortest form is the head itself.
+    variants.push([&[0xaf, 0x61, b'v', 0x18, 0x01][..], &canonical[4..]].concat());
+    // The fields in reverse order.
+    let ciborium::Value::Map(entries) = &value else { panic!("an offer is a map") };
+    variants.push(reencode(&ciborium::Value::Map(entries.iter().rev().cloned().collect())));
+    // An absent option left out instead of written as null.
+    let without_cc = entries
+        .iter()
+        .map(|(k, v)| match (k, v) {
+            (ciborium::Value::Text(t), ciborium::Value::Map(gpu)) if t == "gpu" => (
+                k.clone(),
+                ciborium::Value::Map(
+                    gpu.iter().filter(|(k, _)| k.as_text() != Some("compute_capability")).cloned().collect(),
+                ),
+            ),
+            _ => (k.clone(), v.clone()),
+        })
+        .collect();
+    variants.push(reencode(&ciborium::Value::Map(without_cc)));
+    for bytes in &variants {
+        assert_eq!(gpumesh_protocol::offer_cbor::decode(bytes), None);
+        assert_eq!(<Offer as Body>::decode(bytes).unwrap(), o);
+        decides_as_serde(bytes);
+    }
+}
+
+/// Every value in an encoded offer replaced by each of a set of others (integers just past
+/// each width, negative ones, other types), re-encoded in the canonical form: decided alike.
+#[test]
+fn every_field_given_a_value_of_another_range_or_type_is_decided_as_serde_decides() {
+    use ciborium::Value as V;
+    let runner_offer = {
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        proptest::strategy::ValueTree::current(&offer().new_tree(&mut runner).unwrap())
+    };
+    let mut o = runner_offer;
+    o.gpu.compute_capability = Some(ComputeCapability(9, 0));
+    o.gpu.cuda_version = None;
+    o.addrs = vec!["/ip4/1.2.3.4/tcp/1".into()];
+    let value: V = ciborium::from_reader(&envelope::encode_body(&o)[..]).unwrap();
+    let replacements = [
+        V::Integer(0.into()),
+        V::Integer(255.into()),
+        V::Integer(256.into()),
+        V::Integer(u64::from(u32::MAX).into()),
+        V::Integer((u64::from(u32::MAX) + 1).into()),
+        V::Integer(u64::MAX.into()),
+        V::Integer((-1).into()),
+        V::Text("sxm".into()),
+        V::Text("x".into()),
+        V::Bytes(vec![0; 8]),
+        V::Bytes(vec![0; 32]),
+        V::Bytes(vec![0; 31]),
+        V::Null,
+        V::Bool(true),
+        V::Float(1.0),
+        V::Array(vec![V::Integer(9.into()), V::Integer(0.into())]),
+        V::Array(vec![V::Integer(9.into())]),
+        V::Array(vec![V::Text("a".into())]),
+        V::Map(vec![]),
+    ];
+    // Paths to every value (map values and array items), as index lists.
+    fn paths(v: &V, at: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {
+        let children: Vec<&V> = match v {
+            V::Map(m) => m.iter().map(|(_, v)| v).collect(),
+            V::Array(a) => a.iter().collect(),
+            _ => vec![],
+        };
+        for (i, c) in children.into_iter().enumerate() {
+            at.push(i);
+            out.push(at.clone());
+            paths(c, at, out);
+            at.pop();
+        }
+    }
+    fn at_mut<'v>(v: &'v mut V, path: &[usize]) -> &'v mut V {
+        path.iter().fold(v, |v, &i| match v {
+            V::Map(m) => &mut m[i].1,
+            V::Array(a) => &mut a[i],
+            _ => unreachable!("paths only lead into maps and arrays"),
+        })
+    }
+    let mut all = Vec::new();
+    paths(&value, &mut Vec::new(), &mut all);
+    assert!(all.len() > 25, "{} values", all.len());
+    let mut accepted = 0;
+    for path in &all {
+        for r in &replacements {
+            let mut changed = value.clone();
+            *at_mut(&mut changed, path) = r.clone();
+            let mut bytes = Vec::new();
+            ciborium::into_writer(&changed, &mut bytes).unwrap();
+            decides_as_serde(&bytes);
+            accepted += usize::from(gpumesh_protocol::offer_cbor::decode(&bytes).is_some());
+        }
+    }
+    assert!(accepted > 20, "the canonical decoder took only {accepted} of the changed offers");
+}

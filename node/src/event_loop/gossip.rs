@@ -257,7 +257,7 @@ impl EventLoop {
 fn offer_id_of(bytes: &[u8]) -> Option<gpumesh_protocol::OfferId> {
     let raw = RawEnvelope::parse(bytes).ok()?;
     match raw.kind {
-        Kind::Offer => gpumesh_protocol::envelope::decode_body::<Offer>(raw.body).ok().map(|o| o.offer_id),
+        Kind::Offer => <Offer as gpumesh_protocol::envelope::Body>::decode(raw.body).ok().map(|o| o.offer_id),
         Kind::Withdrawal => {
             gpumesh_protocol::envelope::decode_body::<Withdrawal>(raw.body).ok().map(|w| w.offer_id)
         }
