@@ -274,8 +274,26 @@ pub fn encode_body<T: Serialize>(body: &T) -> Vec<u8> {
     out
 }
 
-/// Decodes a CBOR body, refusing trailing bytes.
-pub fn decode_body<T: DeserializeOwned>(mut bytes: &[u8]) -> Result<T, Invalid> {
+/// Decodes a signed body: one well-formed CBOR item and nothing after it, then serde.
+///
+/// The generic pass first matters: serde over ciborium reads only the items a type asks for,
+/// so an array whose head promises more items than a fixed-size type takes (a compute
+/// capability's two) would have its surplus read as whatever follows, and a body of the wrong
+/// shape would decode. Reading the whole item generically refuses it.
+pub fn decode_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Invalid> {
+    let mut rest = bytes;
+    ciborium::from_reader::<ciborium::Value, _>(&mut rest)
+        .map_err(|e| Invalid::MalformedBody(short_error(&e)))?;
+    if !rest.is_empty() {
+        return Err(Invalid::MalformedBody("trailing bytes after the body".into()));
+    }
+    decode_cbor(bytes)
+}
+
+/// Decodes CBOR with serde, refusing trailing bytes (no generic pass: wire messages such as
+/// sync pages carry megabytes of byte strings, and the bodies inside them are opened, and so
+/// checked, one by one).
+pub(crate) fn decode_cbor<T: DeserializeOwned>(mut bytes: &[u8]) -> Result<T, Invalid> {
     let v = ciborium::from_reader(&mut bytes).map_err(|e| Invalid::MalformedBody(short_error(&e)))?;
     if !bytes.is_empty() {
         return Err(Invalid::MalformedBody("trailing bytes after the body".into()));

@@ -5,7 +5,7 @@
 //! side after the item. Sizes are capped before decoding.
 
 use crate::bytes::{Bytes, BytesRef};
-use crate::envelope::decode_body;
+use crate::envelope::decode_cbor;
 use crate::error::Invalid;
 use crate::id::{LeaseId, OfferId};
 use serde::{Deserialize, Serialize};
@@ -134,5 +134,5 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], max: usize) -> Resul
     if bytes.len() > max {
         return Err(Invalid::Oversized { len: bytes.len(), max });
     }
-    decode_body(bytes)
+    decode_cbor(bytes)
 }

@@ -143,6 +143,28 @@ fn valid_cbor_of_the_wrong_shape_is_a_malformed_body() {
     assert!(matches!(open::<Offer>(&bytes), Err(Invalid::MalformedBody(_))));
 }
 
+/// A body whose array head promises more items than follow is not well-formed CBOR. serde
+/// over ciborium alone took it: the compute capability reads its two items, and the array's
+/// "third" is the next map key, read again as the key.
+#[test]
+fn an_array_head_promising_more_items_than_follow_is_a_malformed_body() {
+    let k = key(1);
+    let o = offer(&k, "H100-SXM-80GB", 1, Timestamp(1));
+    assert!(o.gpu.compute_capability.is_some());
+    let mut body = encode_body(&o);
+    let key_name = b"compute_capability";
+    let at = body.windows(key_name.len()).position(|w| w == key_name).unwrap() + key_name.len();
+    assert_eq!(body[at], 0x82, "an array of two");
+    body[at] = 0x83;
+    assert!(matches!(envelope::decode_body::<Offer>(&body), Err(Invalid::MalformedBody(_))));
+    let mut msg = Kind::Offer.domain_tag().to_vec();
+    msg.extend_from_slice(&body);
+    use ed25519_dalek::Signer;
+    let sig = k.sign(&msg).to_bytes();
+    let bytes = assemble(Kind::Offer, &id_of(&k), &body, &sig);
+    assert!(matches!(open::<Offer>(&bytes), Err(Invalid::MalformedBody(_))));
+}
+
 #[test]
 fn a_small_order_signer_key_is_refused() {
     // The identity point encodes as 0x01 followed by zeros: a weak key that strict
