@@ -95,7 +95,11 @@ fn print_human(r: &SuiteResult) {
     eprintln!("  ours:     {}", r.ours);
     eprintln!("  baseline: {}", r.baseline);
     eprintln!("  ratio:    {:.3}  ({})", r.ratio, r.headline);
-    eprintln!("  goal:     {}  -> {}", r.goal, if r.goal_met { "met" } else { "NOT met" });
+    if r.suite == "swarm-parts" {
+        eprintln!("  goal:     {}", r.goal);
+    } else {
+        eprintln!("  goal:     {}  -> {}", r.goal, if r.goal_met { "met" } else { "NOT met" });
+    }
     for n in &r.notes {
         eprintln!("  note:     {n}");
     }

@@ -200,8 +200,8 @@ pub async fn parts(args: &Args) -> Result<SuiteResult> {
         baseline: table[0].clone(),
         ratio: all["cpu_vs_gossipsub"].as_f64().unwrap_or(f64::NAN),
         headline: "CPU per offer of gossipsub with all four of the node's other protocols / gossipsub alone".into(),
-        goal: "none: a diagnostic".into(),
-        goal_met: true,
+        goal: "none: a diagnostic (goal_met is always false)".into(),
+        goal_met: false,
         params: json!({"nodes": n, "offers": count, "rounds": rounds, "edges": edges.len(), "payload_bytes": size}),
         notes: vec![
             "each row: gossipsub with the node's configuration plus the named protocols, built as the node builds them; \
