@@ -97,7 +97,7 @@ pub fn run(args: &Args) -> Result<SuiteResult> {
         ratio,
         headline: "offers/s through parse+verify+decode+validate+index / verify_strict/s, the median of the rounds' own ratios (higher is better)".into(),
         goal: "ratio >= 1.0".into(),
-        goal_met: ratio >= 1.0,
+        goal_met: Some(ratio >= 1.0),
         params: json!({"offers": n, "providers": providers, "threads": 1, "rounds": rounds,
                        "round_ratios_sorted": paired, "ratio_of_best_rounds": ours_rate / base_rate}),
         notes: vec![

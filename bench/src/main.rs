@@ -84,7 +84,8 @@ pub struct SuiteResult {
     /// What the ratio compares.
     pub headline: String,
     pub goal: String,
-    pub goal_met: bool,
+    /// Whether the goal was met; `None` (JSON `null`) for a diagnostic without one.
+    pub goal_met: Option<bool>,
     pub params: Value,
     pub notes: Vec<String>,
 }
@@ -95,10 +96,9 @@ fn print_human(r: &SuiteResult) {
     eprintln!("  ours:     {}", r.ours);
     eprintln!("  baseline: {}", r.baseline);
     eprintln!("  ratio:    {:.3}  ({})", r.ratio, r.headline);
-    if r.suite == "swarm-parts" {
-        eprintln!("  goal:     {}", r.goal);
-    } else {
-        eprintln!("  goal:     {}  -> {}", r.goal, if r.goal_met { "met" } else { "NOT met" });
+    match r.goal_met {
+        Some(met) => eprintln!("  goal:     {}  -> {}", r.goal, if met { "met" } else { "NOT met" }),
+        None => eprintln!("  goal:     {}", r.goal),
     }
     for n in &r.notes {
         eprintln!("  note:     {n}");

@@ -164,40 +164,28 @@ pub struct PartsBehaviour {
 
 impl PartsBehaviour {
     fn new(parts: Parts, key: &identity::Keypair, settings: &Settings) -> Result<PartsBehaviour> {
-        use gpumesh_node::net::{kad_config, rr};
-        use gpumesh_protocol::wire;
-        let peer_id = key.public().to_peer_id();
-        let rr_on = |on: bool, protocol, max_request, max_response| {
-            Toggle::from(on.then(|| rr(protocol, max_request, max_response, settings.request_timeout)))
+        use gpumesh_node::net::{
+            identify_behaviour, kad_behaviour, kad_config, ping_behaviour, request_responses,
         };
-        let on = parts.request_response;
+        let [capacity, lease, sync] = match parts.request_response.then(|| request_responses(settings)) {
+            Some(rr) => rr.map(Some),
+            None => [None, None, None],
+        };
         Ok(PartsBehaviour {
             gossipsub: gpumesh_node::net::gossipsub_behaviour(settings)?,
-            identify: Toggle::from(parts.identify.then(|| {
-                identify::Behaviour::new(identify::Config::new(
-                    wire::IDENTIFY_PROTOCOL_VERSION.into(),
-                    key.public(),
-                ))
-            })),
-            ping: Toggle::from(
-                parts
-                    .ping
-                    .then(|| ping::Behaviour::new(ping::Config::new().with_interval(settings.ping_interval))),
-            ),
+            identify: Toggle::from(parts.identify.then(|| identify_behaviour(key.public()))),
+            ping: Toggle::from(parts.ping.then(|| ping_behaviour(settings))),
             kad: Toggle::from(parts.kad.then(|| {
                 // Peers enter the routing table only when added by hand (never, here): left
                 // to itself, Kademlia learns every peer from identify and dials them all,
                 // and the swarm would no longer hold the topology it is given.
                 let mut config = kad_config();
                 config.set_kbucket_inserts(kad::BucketInserts::Manual);
-                let mut kad =
-                    kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), config);
-                kad.set_mode(Some(kad::Mode::Server));
-                kad
+                kad_behaviour(key.public().to_peer_id(), config)
             })),
-            capacity: rr_on(on, wire::CAPACITY_PROTOCOL, wire::MAX_CAPACITY_QUERY, wire::MAX_CAPACITY_ANSWER),
-            lease: rr_on(on, wire::LEASE_PROTOCOL, wire::MAX_LEASE_RPC, wire::MAX_LEASE_RPC),
-            sync: rr_on(on, wire::SYNC_PROTOCOL, wire::MAX_SYNC_REQUEST, wire::MAX_SYNC_ANSWER),
+            capacity: Toggle::from(capacity),
+            lease: Toggle::from(lease),
+            sync: Toggle::from(sync),
         })
     }
 }

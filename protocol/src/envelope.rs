@@ -179,8 +179,8 @@ impl<'a> RawEnvelope<'a> {
 /// against those eight therefore accepts and rejects the same signatures, and costs nothing
 /// next to a decompression (a field exponentiation, about a tenth of a verification).
 /// `verify_stream` checks s and runs the same hash and comparison as `verify_strict`, without
-/// the small-order tests, which are made here. `envelope::tests` checks the two agree on
-/// signatures built to fail each test.
+/// the small-order tests, which are made here. `protocol/tests/envelope.rs` (`strict`)
+/// checks the two agree on signatures built to fail each test.
 fn strict_verify(key: &VerifyingKey, tag: &[u8], body: &[u8], signature: &[u8; 64]) -> Result<(), Invalid> {
     let r = &signature[..32];
     if key.is_weak() || small_order_encodings().iter().any(|e| e[..] == *r) {

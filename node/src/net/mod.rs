@@ -138,9 +138,40 @@ pub fn score_params(network: &str) -> (gossipsub::PeerScoreParams, gossipsub::Pe
     (params, thresholds)
 }
 
+/// The node's identify: its protocol version and agent.
+pub fn identify_behaviour(key: identity::PublicKey) -> identify::Behaviour {
+    identify::Behaviour::new(
+        identify::Config::new(wire::IDENTIFY_PROTOCOL_VERSION.into(), key)
+            .with_agent_version(format!("gpumesh/{}", env!("CARGO_PKG_VERSION"))),
+    )
+}
+
+/// The node's ping, at the configured interval.
+pub fn ping_behaviour(settings: &Settings) -> ping::Behaviour {
+    ping::Behaviour::new(ping::Config::new().with_interval(settings.ping_interval))
+}
+
+/// The node's Kademlia with `config` (normally [`kad_config`]), in server mode.
+pub fn kad_behaviour(peer_id: PeerId, config: kad::Config) -> kad::Behaviour<kad::store::MemoryStore> {
+    let mut kad = kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), config);
+    kad.set_mode(Some(kad::Mode::Server));
+    kad
+}
+
+/// The node's three request-response behaviours: capacity, lease and sync, each with its
+/// size limits.
+pub fn request_responses(settings: &Settings) -> [request_response::Behaviour<BytesCodec>; 3] {
+    let t = settings.request_timeout;
+    [
+        rr(wire::CAPACITY_PROTOCOL, wire::MAX_CAPACITY_QUERY, wire::MAX_CAPACITY_ANSWER, t),
+        rr(wire::LEASE_PROTOCOL, wire::MAX_LEASE_RPC, wire::MAX_LEASE_RPC, t),
+        rr(wire::SYNC_PROTOCOL, wire::MAX_SYNC_REQUEST, wire::MAX_SYNC_ANSWER, t),
+    ]
+}
+
 /// A request-response behaviour for one of the node's protocols: the raw-bytes codec with
 /// these size limits, this timeout, up to 256 concurrent streams per connection.
-pub fn rr(
+fn rr(
     protocol: &'static str,
     max_request: usize,
     max_response: usize,
@@ -190,40 +221,21 @@ pub fn build_swarm(
             } else {
                 None
             };
-            let mut kad =
-                kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config());
-            kad.set_mode(Some(kad::Mode::Server));
+            let kad = kad_behaviour(peer_id, kad_config());
+            let [capacity, lease, sync] = request_responses(settings);
             let limits = connection_limits::ConnectionLimits::default()
                 .with_max_established(Some(settings.max_connections))
                 .with_max_pending_incoming(Some(128))
                 .with_max_established_per_peer(Some(4));
             Ok(Behaviour {
                 gossipsub: gossipsub_behaviour(settings).map_err(|e| e.to_string())?,
-                identify: identify::Behaviour::new(
-                    identify::Config::new(wire::IDENTIFY_PROTOCOL_VERSION.into(), key.public())
-                        .with_agent_version(format!("gpumesh/{}", env!("CARGO_PKG_VERSION"))),
-                ),
-                ping: ping::Behaviour::new(ping::Config::new().with_interval(settings.ping_interval)),
+                identify: identify_behaviour(key.public()),
+                ping: ping_behaviour(settings),
                 kad,
                 mdns: Toggle::from(mdns),
-                capacity: rr(
-                    wire::CAPACITY_PROTOCOL,
-                    wire::MAX_CAPACITY_QUERY,
-                    wire::MAX_CAPACITY_ANSWER,
-                    settings.request_timeout,
-                ),
-                lease: rr(
-                    wire::LEASE_PROTOCOL,
-                    wire::MAX_LEASE_RPC,
-                    wire::MAX_LEASE_RPC,
-                    settings.request_timeout,
-                ),
-                sync: rr(
-                    wire::SYNC_PROTOCOL,
-                    wire::MAX_SYNC_REQUEST,
-                    wire::MAX_SYNC_ANSWER,
-                    settings.request_timeout,
-                ),
+                capacity,
+                lease,
+                sync,
                 limits: connection_limits::Behaviour::new(limits),
                 blocked: allow_block_list::Behaviour::default(),
             })
