@@ -507,6 +507,79 @@ fn a_lost_grant_is_recovered_by_asking_the_provider() {
     assert!(out.iter().any(|o| matches!(o, RenterOutput::Event(RenterEvent::Failed { .. }))));
 }
 
+fn renter_engine() -> RenterEngine {
+    RenterEngine::new(
+        key(1),
+        RenterConfig { network: NET.into(), receipt_grace_ms: 60_000, status_retry_ms: 1000 },
+    )
+}
+
+/// Loses the request of a new lease, lets the renter ask `status`, and returns the lease id,
+/// the request's envelope and what the renter does on the provider's answer.
+fn lose_request_then_ask_status(
+    r: &mut RenterEngine,
+    p: &mut ProviderEngine,
+    ask: LeaseAsk,
+    provider_saw_it: bool,
+) -> (LeaseId, Bytes, Vec<RenterOutput>) {
+    let outs = r.handle(RenterInput::Lease(ask), NOW).unwrap();
+    let RenterOutput::Send { lease_id, rpc: LeaseRpc::Request(req), .. } = outs[1].clone() else { panic!() };
+    if provider_saw_it {
+        p.handle(ProviderInput::Request { token: 0, from: id_of(&key(1)), bytes: &req.0 }, NOW);
+    }
+    let error = "connection closed".to_string();
+    let outs = r.handle(RenterInput::SendFailed { lease_id, error }, NOW).unwrap();
+    assert_eq!(
+        outs,
+        vec![RenterOutput::Send { provider: id_of(&key(100)), lease_id, rpc: LeaseRpc::Status(lease_id) }]
+    );
+    let pout = p.handle(ProviderInput::Status { token: 0, from: id_of(&key(1)), lease_id }, NOW);
+    assert_eq!(reply_of(&pout), &LeaseRpcReply::Unknown);
+    let outs = r.handle(RenterInput::Reply { lease_id, reply: LeaseRpcReply::Unknown }, NOW).unwrap();
+    (lease_id, req, outs)
+}
+
+/// A request sent on a connection that was closing never reaches the provider; the status
+/// question that follows gets `unknown`, and the same request goes once more.
+#[test]
+fn a_request_that_never_arrived_is_sent_once_more_and_granted() {
+    let (mut p, g) = provider(1, false);
+    let mut r = renter_engine();
+    let (lease_id, req, outs) = lose_request_then_ask_status(&mut r, &mut p, one_gpu_ask(&g, 6), false);
+    let again = RenterOutput::Send { provider: id_of(&key(100)), lease_id, rpc: LeaseRpc::Request(req) };
+    assert_eq!(outs, vec![again]);
+    assert_eq!(exchange(&mut r, &mut p, outs, NOW), vec![RenterEvent::Granted(lease_id)]);
+    assert_eq!(r.lease(&lease_id).unwrap().state, LeaseState::Active);
+}
+
+/// The provider refused the first copy and the answer was lost: the copy is refused as a
+/// replay, and the renter says the first answer was lost instead of reporting a replay.
+#[test]
+fn a_second_copy_refused_as_a_replay_fails_saying_the_first_answer_was_lost() {
+    let (mut p, g) = provider(1, false);
+    let mut r = renter_engine();
+    let ask = LeaseAsk { gpus: 2, ..one_gpu_ask(&g, 7) };
+    let (lease_id, _, outs) = lose_request_then_ask_status(&mut r, &mut p, ask, true);
+    let events = exchange(&mut r, &mut p, outs, NOW);
+    let [RenterEvent::Failed { lease_id: failed, why }] = &events[..] else { panic!("{events:?}") };
+    assert_eq!(*failed, lease_id);
+    assert!(why.contains("already received this request and its answer was lost"), "{why}");
+    assert_eq!(r.lease(&lease_id).unwrap().state, LeaseState::Failed);
+}
+
+/// Only one copy: when it is lost too, the lease fails rather than retrying forever.
+#[test]
+fn a_lost_second_copy_fails_the_lease() {
+    let (mut p, g) = provider(1, false);
+    let mut r = renter_engine();
+    let (lease_id, _, outs) = lose_request_then_ask_status(&mut r, &mut p, one_gpu_ask(&g, 8), false);
+    assert!(matches!(&outs[..], [RenterOutput::Send { rpc: LeaseRpc::Request(_), .. }]), "{outs:?}");
+    let outs =
+        r.handle(RenterInput::SendFailed { lease_id, error: "connection closed".into() }, NOW).unwrap();
+    assert!(outs.iter().all(|o| !matches!(o, RenterOutput::Send { .. })), "{outs:?}");
+    assert!(outs.iter().any(|o| matches!(o, RenterOutput::Event(RenterEvent::Failed { .. }))), "{outs:?}");
+}
+
 /// A renter's grant record need not reach the disk (only its request must): after a crash
 /// the restored `Requested` record is asked about until the provider answers, across any
 /// number of failed attempts, and gives up only once no lease made from it could still run.

@@ -158,10 +158,12 @@ async fn racing_renters_get_exactly_the_free_gpus() -> Result<()> {
     Ok(())
 }
 
-fn reason_of(r: Result<gpumesh_node::views::LeaseView, LeaseError>) -> Option<RejectReason> {
+/// The reject reason, or what came instead (so a failed assertion says what happened).
+fn reason_of(r: Result<gpumesh_node::views::LeaseView, LeaseError>) -> Result<RejectReason, String> {
     match r {
-        Err(LeaseError::Rejected { reason, .. }) => Some(reason),
-        _ => None,
+        Err(LeaseError::Rejected { reason, .. }) => Ok(reason),
+        Err(e) => Err(format!("error: {e}")),
+        Ok(v) => Err(format!("granted: {v:?}")),
     }
 }
 
@@ -172,7 +174,7 @@ async fn providers_reject_with_the_right_reason() -> Result<()> {
     let renter = TestNode::start(test_config(net, None, &[])).await?;
     let boot = renter.addr().await?;
     let p_dir = tmp.path().join("provider");
-    let mut provider =
+    let provider =
         TestNode::start_in(&p_dir, test_config(net, Some("H100-SXM-80GB:2"), std::slice::from_ref(&boot)))
             .await?;
     let offer_id = offer_of(&renter, &provider).await?;
@@ -181,45 +183,55 @@ async fn providers_reject_with_the_right_reason() -> Result<()> {
     let offer = renter.handle().find_offer(offer_id.clone()).await??;
     let mut p = params(offer.clone(), 1, 600);
     p.max_price = Some(Price(offer.price.0 - 1));
-    assert_eq!(reason_of(renter.handle().lease(p).await?), Some(RejectReason::PriceAboveMax));
+    assert_eq!(reason_of(renter.handle().lease(p).await?), Ok(RejectReason::PriceAboveMax));
     // Duration out of range (the test config allows 1 s to 1 day).
     assert_eq!(
         reason_of(lease(&renter, &offer_id, 1, 3 * 86_400).await?),
-        Some(RejectReason::DurationOutOfRange)
+        Ok(RejectReason::DurationOutOfRange)
     );
     // No capacity.
-    assert_eq!(reason_of(lease(&renter, &offer_id, 3, 600).await?), Some(RejectReason::NoCapacity));
+    assert_eq!(reason_of(lease(&renter, &offer_id, 3, 600).await?), Ok(RejectReason::NoCapacity));
 
     // Forged request signature, sent straight over /gpumesh/lease/1.
     let forged = forged_request(&provider, &offer).await?;
     assert_eq!(forged, RejectReason::BadSignature);
 
     // Denied renter: the provider restarts with the renter on its deny list.
-    provider.crash().await;
     let mut c = test_config(net, Some("H100-SXM-80GB:2"), std::slice::from_ref(&boot));
     c.policy.deny = vec![renter.peer_id()];
-    let provider = TestNode::start_in(&p_dir, c).await?;
-    wait_for("the provider to reconnect", Duration::from_secs(20), || async {
-        matches!(provider.status().await, Ok(s) if s.peers >= 1)
-    })
-    .await?;
-    assert_eq!(reason_of(lease(&renter, &offer_id, 1, 600).await?), Some(RejectReason::DeniedByPolicy));
+    let provider = crash_and_restart(&renter, provider, &p_dir, c).await?;
+    assert_eq!(reason_of(lease(&renter, &offer_id, 1, 600).await?), Ok(RejectReason::DeniedByPolicy));
 
     // Unknown offer: the provider comes back with other GPUs (a crash leaves no withdrawal, so
     // the renter still holds the old offer).
-    let mut provider = provider;
+    let c = test_config(net, Some("T4:1"), std::slice::from_ref(&boot));
+    let _provider = crash_and_restart(&renter, provider, &p_dir, c).await?;
+    assert_eq!(reason_of(lease(&renter, &offer_id, 1, 600).await?), Ok(RejectReason::OfferUnknownOrExpired));
+    Ok(())
+}
+
+/// Crashes the renter's only peer and starts it again from its data dir with `config`, and
+/// returns once each side holds a connection to the other. The renter must first see the old
+/// connection close: a request it sent over that one would be lost, and a dial to the old
+/// listen address (the restart binds a new port) would fail.
+async fn crash_and_restart(
+    renter: &TestNode,
+    mut provider: TestNode,
+    dir: &std::path::Path,
+    config: gpumesh_node::config::NodeConfig,
+) -> Result<TestNode> {
     provider.crash().await;
-    let provider =
-        TestNode::start_in(&p_dir, test_config(net, Some("T4:1"), std::slice::from_ref(&boot))).await?;
-    wait_for("the provider to reconnect", Duration::from_secs(20), || async {
-        matches!(provider.status().await, Ok(s) if s.peers >= 1)
+    wait_for("the renter to see the provider gone", Duration::from_secs(20), || async {
+        matches!(renter.status().await, Ok(s) if s.peers == 0)
     })
     .await?;
-    assert_eq!(
-        reason_of(lease(&renter, &offer_id, 1, 600).await?),
-        Some(RejectReason::OfferUnknownOrExpired)
-    );
-    Ok(())
+    let provider = TestNode::start_in(dir, config).await?;
+    wait_for("the provider and the renter to reconnect", Duration::from_secs(20), || async {
+        matches!(provider.status().await, Ok(s) if s.peers >= 1)
+            && matches!(renter.status().await, Ok(s) if s.peers >= 1)
+    })
+    .await?;
+    Ok(provider)
 }
 
 /// Sends a lease request signed by one key but naming another renter; returns the reason.

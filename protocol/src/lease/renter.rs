@@ -140,6 +140,9 @@ pub struct RenterEngine {
     leases: HashMap<LeaseId, RenterLease>,
     /// Requested leases whose request went unanswered and that were asked about once.
     status_asked: HashSet<LeaseId>,
+    /// Requested leases whose request was sent a second time, after the provider answered
+    /// `unknown` to the status question that followed a failed send.
+    resent: HashSet<LeaseId>,
     /// Requested leases restored after a restart: the user may have been told of a grant, so
     /// the engine keeps asking `status` until the provider answers or no lease made from the
     /// request could still be running.
@@ -158,6 +161,7 @@ impl RenterEngine {
             config,
             leases: HashMap::new(),
             status_asked: HashSet::new(),
+            resent: HashSet::new(),
             recovering: HashSet::new(),
             keys: RefCell::new(KeyCache::new(4096)),
         }
@@ -226,9 +230,13 @@ impl RenterEngine {
                 }
             }
         }
-        // A restored request stops being recovered once the provider has answered it.
+        // A restored request stops being recovered, and a retried one stops being tracked,
+        // once the provider has answered it.
         let leases = &self.leases;
-        self.recovering.retain(|id| leases.get(id).is_some_and(|l| l.state == LeaseState::Requested));
+        let requested = |id: &LeaseId| leases.get(id).is_some_and(|l| l.state == LeaseState::Requested);
+        self.recovering.retain(requested);
+        self.status_asked.retain(requested);
+        self.resent.retain(requested);
         Ok(out)
     }
 
@@ -338,6 +346,21 @@ impl RenterEngine {
             }
             (LeaseState::Requested, LeaseRpcReply::Reject(b)) => {
                 match self.open_from::<LeaseReject>(&l.provider, &b.0) {
+                    Ok(r)
+                        if r.reason == RejectReason::Replayed
+                            && self.resent.contains(&lease_id)
+                            && r.request == Digest32::of(&l.request.0) =>
+                    {
+                        // The provider saw the first copy after all, refused it, and that
+                        // answer was lost (or the copy came too late); its reason is unknown.
+                        let why = format!(
+                            "the provider refused a second copy of this request ({}): it had \
+                             probably already received this request and its answer was lost; \
+                             lease again",
+                            r.detail
+                        );
+                        self.fail(lease_id, why, out)
+                    }
                     Ok(r) if r.request == Digest32::of(&l.request.0) => {
                         let l = self.leases.get_mut(&lease_id).expect("lease looked up above");
                         l.state = LeaseState::Rejected;
@@ -378,6 +401,17 @@ impl RenterEngine {
                     why: format!("bad receipt: {why}"),
                 })),
             },
+            // Asked after a failed send, and the provider holds no lease from the request: it
+            // never arrived (say, on a connection that was closing), or it was refused and the
+            // answer lost. Send the same request once more; a provider that saw it refuses the
+            // copy as `replayed` (above). A restored request is old: no second copy for it.
+            (LeaseState::Requested, LeaseRpcReply::Unknown)
+                if !self.recovering.contains(&lease_id) && !self.resent.contains(&lease_id) =>
+            {
+                let (provider, rpc) = (l.provider, LeaseRpc::Request(l.request.clone()));
+                self.resent.insert(lease_id);
+                out.push(RenterOutput::Send { provider, lease_id, rpc });
+            }
             (LeaseState::Requested, LeaseRpcReply::Unknown) => {
                 self.fail(lease_id, "the provider has no record of this request".into(), out)
             }
