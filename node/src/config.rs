@@ -87,7 +87,8 @@ pub struct NodeConfig {
 pub struct HooksConfig {
     pub on_lease_start: Option<PathBuf>,
     pub on_lease_end: Option<PathBuf>,
-    /// Time limit for a hook (humantime), default `30s`.
+    /// Time limit for a hook (humantime), default `30s`, at most `90s` (a renter waits 120 s
+    /// for a lease's answer).
     pub timeout: Option<String>,
 }
 
@@ -332,7 +333,7 @@ impl NodeConfig {
             log_format,
             on_lease_start: self.hooks.on_lease_start.clone(),
             on_lease_end: self.hooks.on_lease_end.clone(),
-            hook_timeout: duration("hooks.timeout", self.hooks.timeout.as_deref().unwrap_or("30s"))?,
+            hook_timeout: hook_timeout(self.hooks.timeout.as_deref().unwrap_or("30s"))?,
             policy,
             gossip_heartbeat: duration("tuning.gossip_heartbeat", &t.gossip_heartbeat)?
                 .max(Duration::from_millis(10)),
@@ -394,6 +395,26 @@ pub struct Settings {
 }
 
 /// Parses a humantime duration (`90s`, `10m`, `2h`, `1d`) with a message that names the field.
+/// The start and end hooks' time limit: at most what the lease protocol leaves a start hook.
+fn hook_timeout(s: &str) -> Result<Duration, ConfigError> {
+    let d = duration("hooks.timeout", s)?;
+    let max = Duration::from_millis(gpumesh_protocol::wire::MAX_START_HOOK_MS);
+    if d > max {
+        return Err(invalid(
+            "hooks.timeout",
+            format!(
+                "`{s}` is longer than a start hook may run ({}s): renters wait {}s for a lease's answer, \
+                 and a grant that comes later reaches nobody; make the hook faster (pull container \
+                 images ahead of time) and set at most {}s",
+                max.as_secs(),
+                gpumesh_protocol::wire::LEASE_ANSWER_WITHIN_MS / 1000,
+                max.as_secs()
+            ),
+        ));
+    }
+    Ok(d)
+}
+
 pub fn duration(field: &'static str, s: &str) -> Result<Duration, ConfigError> {
     humantime::parse_duration(s.trim())
         .map_err(|e| invalid(field, format!("`{s}` is not a duration ({e}); write e.g. 90s, 10m, 2h, 1d")))
@@ -459,7 +480,7 @@ network = "{network}"
 # Programs run when a lease starts and ends; they get the lease as JSON on stdin.
 # on_lease_start = "/usr/local/bin/gpumesh-start-container"
 # on_lease_end = "/usr/local/bin/gpumesh-stop-container"
-# timeout = "30s"
+# timeout = "30s"             # at most 90s: renters wait 120 s for a lease's answer
 
 # [policy]
 # allow = []                  # if set, only these renter ids may lease

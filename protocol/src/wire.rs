@@ -29,6 +29,13 @@ pub const MAX_CAPACITY_OFFERS: usize = 64;
 pub const MAX_CAPACITY_ANSWER: usize = MAX_CAPACITY_OFFERS * (crate::envelope::MAX_GOSSIP_ENVELOPE + 8) + 64;
 /// Largest lease request or reply, bytes.
 pub const MAX_LEASE_RPC: usize = crate::envelope::MAX_LEASE_ENVELOPE + 64;
+/// How long a renter waits for the answer to a lease message, ms. A provider answers every
+/// lease message within it, start hook and durable write included, so it must stop a start
+/// hook well before (the reference node allows a hook at most [`MAX_START_HOOK_MS`]).
+pub const LEASE_ANSWER_WITHIN_MS: u64 = 120_000;
+/// The longest a provider lets its start hook run, ms: the rest of
+/// [`LEASE_ANSWER_WITHIN_MS`] is for the durable write and the way back.
+pub const MAX_START_HOOK_MS: u64 = 90_000;
 
 /// The gossipsub topic that carries offers and withdrawals of a network.
 pub fn offers_topic(network: &str) -> String {

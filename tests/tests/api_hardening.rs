@@ -233,6 +233,11 @@ fn a_corrupt_config_gives_a_clear_error_naming_the_file_or_field_and_never_panic
         ("a negative price", b"price = \"-1\"\n", &["price"]),
         ("a bad renter id", b"[policy]\ndeny = [\"bob\"]\n", &["policy.deny"]),
         ("a bad hook timeout", b"[hooks]\ntimeout = \"forever\"\n", &["hooks.timeout"]),
+        (
+            "a hook timeout renters would not wait for",
+            b"[hooks]\ntimeout = \"5m\"\n",
+            &["hooks.timeout", "90s"],
+        ),
         ("a zero cap", b"max_offers_per_provider = 0\n", &["max_offers_per_provider"]),
         ("a bad bootstrap address", b"bootstrap = [\"/ip4/1.2.3.4/tcp/1\"]\n", &["bootstrap", "/p2p/"]),
     ];

@@ -106,6 +106,40 @@ async fn search_query_lease_access_release_receipt_across_three_nodes() -> Resul
     Ok(())
 }
 
+/// A start hook may take longer than a node's request timeout (a container starting): lease
+/// messages wait for the protocol's answer window instead, so the grant still reaches the renter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_hook_slower_than_the_request_timeout_still_grants() -> Result<()> {
+    let net = "t-lease-slow-hook";
+    let tmp = tempfile::tempdir()?;
+    let hook = tmp.path().join("start.sh");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh
+cat >/dev/null
+sleep 2
+echo '{\"slow\":true}'\n",
+    )?;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755))?;
+    let quick = |mut c: gpumesh_node::config::NodeConfig| {
+        c.tuning.request_timeout = "1s".into();
+        c
+    };
+    let mut pc = quick(test_config(net, Some("H100-SXM-80GB:1"), &[]));
+    pc.hooks.on_lease_start = Some(hook);
+    let provider = TestNode::start(pc).await?;
+    let boot = provider.addr().await?;
+    let renter = TestNode::start(quick(test_config(net, None, &[boot]))).await?;
+    let offer_id = offer_of(&renter, &provider).await?;
+    let t0 = std::time::Instant::now();
+    let l = lease(&renter, &offer_id, 1, 600).await?;
+    let took = t0.elapsed();
+    let l = l.map_err(|e| anyhow::anyhow!("lease after {took:?}: {e}"))?;
+    assert!(took > Duration::from_secs(1), "the hook ran for 2 s, yet the lease took {took:?}");
+    assert_eq!((l.state.as_str(), &l.access["slow"]), ("active", &serde_json::Value::Bool(true)));
+    Ok(())
+}
+
 /// Fires `n` lease requests for one GPU each from each renter, all at once.
 async fn race(renters: &[TestNode], offer_id: &str, per_renter: usize) -> Result<(usize, usize)> {
     let mut tasks = Vec::new();

@@ -159,12 +159,14 @@ pub fn kad_behaviour(peer_id: PeerId, config: kad::Config) -> kad::Behaviour<kad
 }
 
 /// The node's three request-response behaviours: capacity, lease and sync, each with its
-/// size limits.
+/// size limits. Lease messages wait for the provider's start hook, so they wait longer
+/// (at least the protocol's answer window).
 pub fn request_responses(settings: &Settings) -> [request_response::Behaviour<BytesCodec>; 3] {
     let t = settings.request_timeout;
+    let lease_t = t.max(Duration::from_millis(wire::LEASE_ANSWER_WITHIN_MS));
     [
         rr(wire::CAPACITY_PROTOCOL, wire::MAX_CAPACITY_QUERY, wire::MAX_CAPACITY_ANSWER, t),
-        rr(wire::LEASE_PROTOCOL, wire::MAX_LEASE_RPC, wire::MAX_LEASE_RPC, t),
+        rr(wire::LEASE_PROTOCOL, wire::MAX_LEASE_RPC, wire::MAX_LEASE_RPC, lease_t),
         rr(wire::SYNC_PROTOCOL, wire::MAX_SYNC_REQUEST, wire::MAX_SYNC_ANSWER, t),
     ]
 }
