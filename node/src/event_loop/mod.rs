@@ -49,11 +49,11 @@ pub(crate) struct EventLoop {
     peers: PeerState,
     /// Bound listen addresses.
     listen_addrs: Vec<Multiaddr>,
-    /// Inbound lease requests waiting for the lease task's answer.
-    inbound_lease: HashMap<u64, libp2p::request_response::ResponseChannel<Vec<u8>>>,
+    /// Inbound lease requests waiting for the lease task's answer, and who asked.
+    inbound_lease: HashMap<u64, (PeerId, libp2p::request_response::ResponseChannel<Vec<u8>>)>,
     next_token: u64,
-    /// Outbound lease messages: request id → lease id.
-    outbound_lease: HashMap<libp2p::request_response::OutboundRequestId, gpumesh_protocol::LeaseId>,
+    /// Outbound lease messages: request id → lease id and provider.
+    outbound_lease: HashMap<libp2p::request_response::OutboundRequestId, (gpumesh_protocol::LeaseId, PeerId)>,
     fanouts: HashMap<u64, Fanout>,
     capacity_requests: HashMap<libp2p::request_response::OutboundRequestId, (u64, PeerId, Instant)>,
     probes: Vec<Probe>,
@@ -250,7 +250,7 @@ impl EventLoop {
             Command::PublishOffer(offer) => self.publish_own_offer(*offer),
             Command::SendLease { provider, lease_id, bytes } => self.send_lease(provider, lease_id, bytes),
             Command::RespondLease { token, bytes } => {
-                if let Some(ch) = self.inbound_lease.remove(&token)
+                if let Some((_, ch)) = self.inbound_lease.remove(&token)
                     && self.swarm.behaviour_mut().lease.send_response(ch, bytes).is_err()
                 {
                     tracing::debug!(token, "lease reply not delivered: the requester went away");

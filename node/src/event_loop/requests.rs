@@ -347,7 +347,7 @@ impl EventLoop {
                 self.next_token += 1;
                 match self.lease_tx.try_send(LeaseCommand::Inbound { token, from, bytes: request }) {
                     Ok(()) => {
-                        self.inbound_lease.insert(token, channel);
+                        self.inbound_lease.insert(token, (peer, channel));
                     }
                     Err(_) => {
                         // Overloaded: dropping the channel tells the requester to retry later.
@@ -356,12 +356,12 @@ impl EventLoop {
                 }
             }
             Event::Message { message: Message::Response { request_id, response }, .. } => {
-                if let Some(lease_id) = self.outbound_lease.remove(&request_id) {
+                if let Some((lease_id, _)) = self.outbound_lease.remove(&request_id) {
                     self.forward_to_lease_task(lease_id, Ok(response));
                 }
             }
             Event::OutboundFailure { request_id, error, .. } => {
-                if let Some(lease_id) = self.outbound_lease.remove(&request_id) {
+                if let Some((lease_id, _)) = self.outbound_lease.remove(&request_id) {
                     self.forward_to_lease_task(lease_id, Err(error.to_string()));
                 }
             }
@@ -390,14 +390,19 @@ impl EventLoop {
         }
         let addrs = self.provider_addrs(&peer);
         let rid = self.swarm.behaviour_mut().lease.send_request_with_addresses(&peer, bytes, addrs);
-        self.outbound_lease.insert(rid, lease_id);
+        self.outbound_lease.insert(rid, (lease_id, peer));
         self.peers.touch(peer);
     }
 
-    /// Peers a book sync, capacity query or probe of ours is waiting on.
+    /// Peers a book sync, capacity query, probe or lease message of ours is waiting on, or
+    /// that wait on a lease answer from us.
     pub(super) fn peers_waited_on(&self) -> HashSet<PeerId> {
         let mut busy: HashSet<PeerId> = self.syncs_in_flight.values().map(|s| s.peer).collect();
         busy.extend(self.capacity_requests.values().map(|(_, peer, _)| *peer));
+        // A lease message may wait up to the answer window for a start hook, longer than the
+        // idle timeout that otherwise protects a peer just used.
+        busy.extend(self.outbound_lease.values().map(|(_, peer)| *peer));
+        busy.extend(self.inbound_lease.values().map(|(peer, _)| *peer));
         for p in &self.probes {
             busy.extend(p.waiting.iter().copied());
         }
