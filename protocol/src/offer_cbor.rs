@@ -75,6 +75,19 @@ pub fn decode(bytes: &[u8]) -> Option<Offer> {
     c.0.is_empty().then_some(offer)
 }
 
+/// The offer id of an offer body in the canonical form, read from its first fields without
+/// decoding the rest; `None` for any other form. Says nothing about whether the rest decodes.
+pub fn peek_offer_id(bytes: &[u8]) -> Option<OfferId> {
+    let mut c = Cursor(bytes);
+    c.map(15)?;
+    c.key("v")?;
+    c.u32()?;
+    c.key("network")?;
+    c.text()?;
+    c.key("offer_id")?;
+    Some(OfferId::from_bytes(c.bytes()?))
+}
+
 fn gpu_spec(c: &mut Cursor<'_>) -> Option<GpuSpec> {
     c.map(7)?;
     c.key("vendor")?;

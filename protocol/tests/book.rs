@@ -303,3 +303,31 @@ mod search {
         }
     }
 }
+
+/// Only the exact signed bytes of an unexpired offer the book holds count as a copy (which a
+/// node then need not verify again): any changed byte, a longer or shorter envelope, another
+/// sequence of the offer, a withdrawal, or the held offer once expired do not.
+#[test]
+fn only_the_exact_bytes_of_a_live_held_offer_are_a_copy() {
+    let mut b = OfferBook::new(BookConfig::default());
+    let o = offer(&key(1), "H100-SXM-80GB", 5, NOW);
+    let held = sealed(o.clone());
+    let bytes = held.bytes().to_vec();
+    assert!(!b.holds_copy(&bytes, NOW), "not held yet");
+    b.insert(held, NOW).unwrap();
+    assert!(b.holds_copy(&bytes, NOW));
+    for i in 0..bytes.len() {
+        let mut changed = bytes.clone();
+        changed[i] ^= 0x01;
+        assert!(!b.holds_copy(&changed, NOW), "byte {i} changed");
+    }
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(!b.holds_copy(&longer, NOW));
+    assert!(!b.holds_copy(&bytes[..bytes.len() - 1], NOW));
+    let mut newer = o.clone();
+    newer.seq = 6;
+    assert!(!b.holds_copy(sealed(newer).bytes(), NOW));
+    assert!(!b.holds_copy(withdrawal(o.offer_id, 6).bytes(), NOW));
+    assert!(!b.holds_copy(&bytes, o.expires_at), "expired");
+}

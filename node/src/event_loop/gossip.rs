@@ -77,6 +77,11 @@ impl EventLoop {
     /// verify → validate → book → store for an offer envelope from a peer, kept in one buffer
     /// that the book and the store share.
     pub(super) fn ingest_offer(&mut self, bytes: &[u8], now: Timestamp) -> Result<BookChange, Invalid> {
+        // A copy of what the book holds (a sync with a peer whose offers we have): the same
+        // outcome verification would reach, without it.
+        if self.book.holds_copy(bytes, now) {
+            return Err(Invalid::Duplicate);
+        }
         let (stored, shared) = crate::store::shared_buffer(bytes);
         let offer = open_shared::<Offer>(shared, &mut self.keys)?;
         self.admit_offer(offer, Some(stored), now)

@@ -180,6 +180,20 @@ impl OfferBook {
         self.live_slot(id, now).map(|s| s.offer())
     }
 
+    /// Whether `envelope` is, byte for byte, the signed offer the book holds under its id,
+    /// unexpired at `now`. Such a copy needs no verification: the same bytes were verified
+    /// and validated when they were admitted, and nothing in that decision but expiry depends
+    /// on the time. Nodes meet such copies in every book sync with a peer whose offers they
+    /// already hold. Reads only the envelope's head and the body's first fields.
+    pub fn holds_copy(&self, envelope: &[u8], now: Timestamp) -> bool {
+        let Ok(raw) = crate::envelope::RawEnvelope::parse(envelope) else { return false };
+        if raw.kind != crate::envelope::Kind::Offer {
+            return false;
+        }
+        let Some(id) = crate::offer_cbor::peek_offer_id(raw.body) else { return false };
+        self.live_slot(&id, now).is_some_and(|s| *s.bytes == *envelope)
+    }
+
     /// The sequence of the held offer with this id, unless expired at `now` (no decoding).
     pub fn seq(&self, id: &OfferId, now: Timestamp) -> Option<u64> {
         self.live_slot(id, now).map(|s| s.seq)
