@@ -394,7 +394,6 @@ pub struct Settings {
     pub sync_page_offers: usize,
 }
 
-/// Parses a humantime duration (`90s`, `10m`, `2h`, `1d`) with a message that names the field.
 /// The start and end hooks' time limit: at most what the lease protocol leaves a start hook.
 fn hook_timeout(s: &str) -> Result<Duration, ConfigError> {
     let d = duration("hooks.timeout", s)?;
@@ -415,6 +414,7 @@ fn hook_timeout(s: &str) -> Result<Duration, ConfigError> {
     Ok(d)
 }
 
+/// Parses a humantime duration (`90s`, `10m`, `2h`, `1d`) with a message that names the field.
 pub fn duration(field: &'static str, s: &str) -> Result<Duration, ConfigError> {
     humantime::parse_duration(s.trim())
         .map_err(|e| invalid(field, format!("`{s}` is not a duration ({e}); write e.g. 90s, 10m, 2h, 1d")))

@@ -113,13 +113,7 @@ async fn a_start_hook_slower_than_the_request_timeout_still_grants() -> Result<(
     let net = "t-lease-slow-hook";
     let tmp = tempfile::tempdir()?;
     let hook = tmp.path().join("start.sh");
-    std::fs::write(
-        &hook,
-        "#!/bin/sh
-cat >/dev/null
-sleep 2
-echo '{\"slow\":true}'\n",
-    )?;
+    std::fs::write(&hook, "#!/bin/sh\ncat >/dev/null\nsleep 2\necho '{\"slow\":true}'\n")?;
     std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755))?;
     let quick = |mut c: gpumesh_node::config::NodeConfig| {
         c.tuning.request_timeout = "1s".into();
