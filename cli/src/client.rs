@@ -116,6 +116,16 @@ impl Client {
     ) -> Result<T, CallError> {
         self.send(self.http.post(format!("{}{path}", self.base)).json(body)).await
     }
+
+    /// Starts a lease (`POST /v1/leases`). The node answers once the provider has; a provider
+    /// that stays silent costs up to three of the lease protocol's answer windows (the request,
+    /// a status question, one more copy), so this call waits that long rather than the
+    /// client's usual limit.
+    pub async fn start_lease<T: DeserializeOwned, B: Serialize>(&self, body: &B) -> Result<T, CallError> {
+        let window = Duration::from_millis(gpumesh_protocol::wire::LEASE_ANSWER_WITHIN_MS);
+        let limit = window * 3 + Duration::from_secs(30);
+        self.send(self.http.post(format!("{}/v1/leases", self.base)).json(body).timeout(limit)).await
+    }
 }
 
 /// Turns a call error into an anyhow error (for commands that do not treat API errors apart).

@@ -50,7 +50,7 @@ pub async fn lease(c: &Client, a: LeaseArgs) -> Result<i32> {
         let [offer] = a.args.as_slice() else {
             bail!("give exactly one OFFER_ID (or a unique prefix), or use --best with query terms");
         };
-        return match c.post::<LeaseView, _>("/v1/leases", &body(offer.clone())).await {
+        return match c.start_lease::<LeaseView, _>(&body(offer.clone())).await {
             Ok(l) => {
                 show_new_lease(&l, a.json)?;
                 Ok(0)
@@ -94,7 +94,7 @@ pub async fn lease(c: &Client, a: LeaseArgs) -> Result<i32> {
     }
     let mut last = String::new();
     for o in candidates {
-        match c.post::<LeaseView, _>("/v1/leases", &body(o.offer_id.clone())).await {
+        match c.start_lease::<LeaseView, _>(&body(o.offer_id.clone())).await {
             Ok(l) => {
                 show_new_lease(&l, a.json)?;
                 return Ok(0);

@@ -90,7 +90,7 @@ async fn session(dir: &DataDir) -> Result<()> {
     let body =
         LeaseBody { offer: pick.offer_id.clone(), gpus: 1, duration_s: 300, max_price: None, ssh_key: None };
     let lease: LeaseView =
-        step(4, "lease 1 GPU for 5 minutes", async { plain(c.post("/v1/leases", &body).await) }).await?;
+        step(4, "lease 1 GPU for 5 minutes", async { plain(c.start_lease(&body).await) }).await?;
     println!("      lease {} on {} ({})", lease.lease_id, lease.gpu_uuids.join(","), lease.state);
     println!("      access details: {}", lease.access);
 
