@@ -32,7 +32,7 @@ fn raw(seed: u8) -> anyhow::Result<Swarm<request_response::Behaviour<BytesCodec>
                 request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
             )
         })?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .with_swarm_config(|c| gpumesh_node::net::swarm_config(c, Duration::from_secs(300)))
         .build())
 }
 

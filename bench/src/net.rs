@@ -446,13 +446,13 @@ fn rr_swarm(ix: u64, protocol: &'static str) -> Result<Swarm<request_response::B
 }
 
 /// A swarm of `behaviour` over TCP with noise and yamux (the node's TCP stack, no QUIC or
-/// DNS), as every baseline runs it.
+/// DNS) and its swarm settings (`gpumesh_node::net::swarm_config`), as every baseline runs it.
 fn tcp_swarm<B: libp2p::swarm::NetworkBehaviour>(key: identity::Keypair, behaviour: B) -> Result<Swarm<B>> {
     Ok(libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
         .with_behaviour(|_| behaviour)?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .with_swarm_config(|c| gpumesh_node::net::swarm_config(c, Duration::from_secs(300)))
         .build())
 }
 

@@ -254,6 +254,55 @@ pub fn gpumesh_json(dir: &Path, args: &[&str]) -> Option<serde_json::Value> {
     }
 }
 
+/// A TCP proxy on 127.0.0.1 (port 0) to `upstream` that holds every chunk of bytes for
+/// `one_way` before passing it on, in both directions and in order: a link with a round
+/// trip of twice `one_way`, for tests that count round trips. Returns the proxy's address;
+/// the proxy runs until the test's runtime ends.
+pub async fn delay_proxy(upstream: std::net::SocketAddr, one_way: Duration) -> Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await else { continue };
+            let _ = (inbound.set_nodelay(true), outbound.set_nodelay(true));
+            let (in_read, in_write) = inbound.into_split();
+            let (out_read, out_write) = outbound.into_split();
+            tokio::spawn(delayed_pump(in_read, out_write, one_way));
+            tokio::spawn(delayed_pump(out_read, in_write, one_way));
+        }
+    });
+    Ok(addr)
+}
+
+/// Copies `from` to `to`, each chunk `delay` after it was read; closes `to`'s write side
+/// after the last one.
+async fn delayed_pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let writer = tokio::spawn(async move {
+        while let Some((due, chunk)) = rx.recv().await {
+            // Holding the chunk is the link's latency, not a wait for some other event.
+            tokio::time::sleep_until(due).await;
+            if to.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown().await;
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n @ 1..) = from.read(&mut buf).await {
+        if tx.send((tokio::time::Instant::now() + delay, buf[..n].to_vec())).is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago (for a process that must come back on
 /// the same port after a restart; everything else binds port 0).
 pub fn free_port() -> Result<u16> {

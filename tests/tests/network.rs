@@ -3,13 +3,13 @@
 //! expire everywhere, a restarted node has its book back before it reconnects and drops from
 //! its store what expired while it was down, and a late joiner gets a book of several sync pages.
 //! A node above `target_peers` closes the connections that carry nothing for it, and not
-//! before their grace period.
+//! before their grace period. A request on an open connection takes one round trip.
 
 use anyhow::Result;
 use gpumesh_protocol::PROTOCOL_VERSION;
 use gpumesh_protocol::wire::{self, CapacityQuery};
 use gpumesh_tests::adversary::{self, Proto, RpcPeer};
-use gpumesh_tests::{TestNode, test_config, wait_for};
+use gpumesh_tests::{TestNode, delay_proxy, test_config, wait_for};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -302,5 +302,57 @@ async fn a_new_connection_is_not_trimmed_before_its_grace_period() -> Result<()>
     .await?;
     let closed_after = dialled.elapsed();
     assert!(closed_after >= grace, "closed {closed_after:?} after it opened, within the {grace:?} grace");
+    Ok(())
+}
+
+/// A request on an open connection costs one round trip: the request goes out together with
+/// its stream's protocol name instead of after the provider confirmed the name (which would
+/// make it two). Measured over a proxy that delays each direction by 150 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_on_an_open_connection_takes_one_round_trip() -> Result<()> {
+    const ONE_WAY: Duration = Duration::from_millis(150);
+    let net = "t-one-rtt";
+    let provider = TestNode::start(test_config(net, Some("H100-SXM-80GB:2"), &[])).await?;
+    let addr = provider.addr().await?;
+    let tcp: std::net::SocketAddr = addr
+        .parse::<libp2p::Multiaddr>()?
+        .iter()
+        .find_map(|p| match p {
+            libp2p::multiaddr::Protocol::Tcp(port) => {
+                Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+            }
+            _ => None,
+        })
+        .ok_or_else(|| anyhow::anyhow!("no TCP port in {addr}"))?;
+    let proxy = delay_proxy(tcp, ONE_WAY).await?;
+    let via_proxy = format!("/ip4/127.0.0.1/tcp/{}/p2p/{}", proxy.port(), provider.peer_id());
+    let renter = TestNode::start(test_config(net, None, &[via_proxy])).await?;
+    wait_for("the provider's offer at the renter", Duration::from_secs(30), || async {
+        renter.offers_of(&provider.peer_id()).await.is_ok_and(|o| o.len() == 1)
+    })
+    .await?;
+
+    let query = gpumesh_node::handle::Search {
+        query: gpumesh_protocol::query::Query::parse("gpu=h100")?,
+        sort: Default::default(),
+        limit: usize::MAX,
+        latency_weight: 0.5,
+    };
+    // The first capacity request on the connection, then one more: both must take one
+    // round trip (300 ms here); two would take 600 ms.
+    for round in 0..2 {
+        let report = renter.handle().capacity(query.clone(), Duration::from_secs(5)).await?;
+        let answer = report
+            .answered
+            .iter()
+            .find(|a| a.peer_id == provider.peer_id())
+            .ok_or_else(|| anyhow::anyhow!("round {round}: the provider did not answer: {report:?}"))?;
+        let rtt = Duration::from_secs_f64(answer.rtt_ms / 1000.0);
+        assert!(
+            rtt >= 2 * ONE_WAY,
+            "round {round}: {rtt:?} is less than the link's round trip: not via the proxy?"
+        );
+        assert!(rtt < 3 * ONE_WAY, "round {round}: {rtt:?} is more than one round trip of {:?}", 2 * ONE_WAY);
+    }
     Ok(())
 }

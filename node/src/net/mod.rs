@@ -243,7 +243,19 @@ pub fn build_swarm(
             })
         })
         .map_err(|e| NetError::Build(format!("behaviour: {e}")))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(settings.idle_connection_timeout))
+        .with_swarm_config(|c| swarm_config(c, settings.idle_connection_timeout))
         .build();
     Ok(swarm)
+}
+
+/// The node's swarm settings: connections without streams close after `idle`, and a stream
+/// we open for a single protocol (every request-response message, Kademlia, identify, ping)
+/// carries its first bytes together with the protocol's name instead of waiting for the
+/// listener to confirm the name first (multistream-select `V1Lazy`). The bytes on the wire
+/// are those of plain multistream-select 1.0; only their timing changes, which saves a round
+/// trip on every request a node sends. A listener that does not speak the protocol answers
+/// `na` and discards what followed, so the request fails as it would have anyway.
+pub fn swarm_config(c: libp2p::swarm::Config, idle: Duration) -> libp2p::swarm::Config {
+    c.with_idle_connection_timeout(idle)
+        .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy)
 }
