@@ -376,8 +376,8 @@ pub async fn rr_server(ix: u64, protocol: &'static str, responder: Responder) ->
     Ok((peer, addr))
 }
 
-/// One request for the client task: to whom, where, what, and where the round trip goes.
-type RrRequest = (PeerId, Multiaddr, Vec<u8>, oneshot::Sender<Result<Duration, String>>);
+/// One request for the client task: to whom, where, what, and where its outcome goes.
+type RrRequest = (PeerId, Multiaddr, Vec<u8>, oneshot::Sender<Result<(), String>>);
 
 /// A raw request-response client driven by commands.
 pub struct RrClient {
@@ -387,16 +387,11 @@ pub struct RrClient {
 impl RrClient {
     pub fn start(ix: u64, protocol: &'static str) -> Result<RrClient> {
         let mut swarm = rr_swarm(ix, protocol)?;
-        let (tx, mut rx) = mpsc::unbounded_channel::<(
-            PeerId,
-            Multiaddr,
-            Vec<u8>,
-            oneshot::Sender<Result<Duration, String>>,
-        )>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<RrRequest>();
         tokio::spawn(async move {
             let mut pending: std::collections::HashMap<
                 request_response::OutboundRequestId,
-                (Instant, oneshot::Sender<Result<Duration, String>>),
+                oneshot::Sender<Result<(), String>>,
             > = Default::default();
             loop {
                 tokio::select! {
@@ -404,12 +399,12 @@ impl RrClient {
                         SwarmEvent::Behaviour(request_response::Event::Message {
                             message: request_response::Message::Response { request_id, .. }, ..
                         }) => {
-                            if let Some((t, reply)) = pending.remove(&request_id) {
-                                let _ = reply.send(Ok(t.elapsed()));
+                            if let Some(reply) = pending.remove(&request_id) {
+                                let _ = reply.send(Ok(()));
                             }
                         }
                         SwarmEvent::Behaviour(request_response::Event::OutboundFailure { request_id, error, .. }) => {
-                            if let Some((_, reply)) = pending.remove(&request_id) {
+                            if let Some(reply) = pending.remove(&request_id) {
                                 let _ = reply.send(Err(error.to_string()));
                             }
                         }
@@ -418,7 +413,7 @@ impl RrClient {
                     cmd = rx.recv() => match cmd {
                         Some((peer, addr, data, reply)) => {
                             let id = swarm.behaviour_mut().send_request_with_addresses(&peer, data, vec![addr]);
-                            pending.insert(id, (Instant::now(), reply));
+                            pending.insert(id, reply);
                         }
                         None => return,
                     },
@@ -428,11 +423,14 @@ impl RrClient {
         Ok(RrClient { cmd: tx })
     }
 
-    /// Sends one request; the round trip.
+    /// Sends one request; the round trip as the caller sees it, from handing the request to
+    /// the swarm's task until the answer is back (as a node's API call is timed).
     pub async fn request(&self, peer: PeerId, addr: &Multiaddr, data: Vec<u8>) -> Result<Duration> {
+        let t0 = Instant::now();
         let (tx, rx) = oneshot::channel();
         self.cmd.send((peer, addr.clone(), data, tx)).ok().context("client gone")?;
-        rx.await.context("client gone")?.map_err(|e| anyhow::anyhow!(e))
+        rx.await.context("client gone")?.map_err(|e| anyhow::anyhow!(e))?;
+        Ok(t0.elapsed())
     }
 }
 
