@@ -111,6 +111,21 @@ impl FlushTicket {
         FlushTicket(Err(why))
     }
 
+    /// The flush's outcome if it is already over, without waiting; `None` while it runs.
+    pub fn outcome(&mut self) -> Option<Result<(), StoreError>> {
+        use tokio::sync::oneshot::error::TryRecvError;
+        match &mut self.0 {
+            Err(why) => Some(Err(StoreError::Flush(why.clone()))),
+            Ok(rx) => match rx.try_recv() {
+                Ok(result) => Some(result.map_err(StoreError::Flush)),
+                Err(TryRecvError::Empty) => None,
+                Err(TryRecvError::Closed) => {
+                    Some(Err(StoreError::Flush("the flusher thread stopped".into())))
+                }
+            },
+        }
+    }
+
     /// Waits until everything written before the ticket was taken is on disk.
     pub async fn wait(self) -> Result<(), StoreError> {
         let rx = self.0.map_err(StoreError::Flush)?;

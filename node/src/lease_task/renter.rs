@@ -179,23 +179,25 @@ impl LeaseTask {
     }
 
     /// Tells the caller of a granted lease once its request is on disk: from then on a crash
-    /// cannot lose the lease (a restart asks the provider for the grant again).
+    /// cannot lose the lease (a restart asks the provider for the grant again). The flush
+    /// usually finished while the request travelled; then the caller is told at once.
     fn answer_grant(&mut self, id: LeaseId) {
         let flush = self.request_flushes.remove(&id);
         let (Some(w), Some(v)) = (self.lease_waiters.remove(&id), self.renter_view(&id)) else { return };
-        let Some(flush) = flush else {
+        let Some(mut flush) = flush else {
             let _ = w.send(Ok(v));
             return;
         };
-        tokio::spawn(async move {
-            let _ = w.send(flush.wait().await.map(|()| v).map_err(|e| {
-                LeaseError::Failed(format!(
-                    "lease {id} was granted, but this node could not store it on disk ({e}); it runs \
-                     at the provider, and this node forgets it if it restarts: release it with \
-                     `gpumesh release {id}` or fix the data dir's disk"
-                ))
-            }));
-        });
+        match flush.outcome() {
+            Some(stored) => {
+                let _ = w.send(granted(id, v, stored));
+            }
+            None => {
+                tokio::spawn(async move {
+                    let _ = w.send(granted(id, v, flush.wait().await));
+                });
+            }
+        }
     }
 
     /// Answers every caller waiting on a release of `id`.
@@ -204,4 +206,19 @@ impl LeaseTask {
             let _ = w.send(f(&id));
         }
     }
+}
+
+/// What the caller of a granted lease is told, once its request's flush is over.
+fn granted(
+    id: LeaseId,
+    view: LeaseView,
+    stored: Result<(), crate::store::StoreError>,
+) -> Result<LeaseView, LeaseError> {
+    stored.map(|()| view).map_err(|e| {
+        LeaseError::Failed(format!(
+            "lease {id} was granted, but this node could not store it on disk ({e}); it runs at the \
+             provider, and this node forgets it if it restarts: release it with `gpumesh release {id}` \
+             or fix the data dir's disk"
+        ))
+    })
 }
