@@ -305,43 +305,49 @@ async fn a_new_connection_is_not_trimmed_before_its_grace_period() -> Result<()>
     Ok(())
 }
 
-/// A request on an open connection costs one round trip: the request goes out together with
-/// its stream's protocol name instead of after the provider confirmed the name (which would
-/// make it two). Measured over a proxy that delays each direction by 150 ms.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_on_an_open_connection_takes_one_round_trip() -> Result<()> {
-    const ONE_WAY: Duration = Duration::from_millis(150);
-    let net = "t-one-rtt";
+/// A provider whose every byte takes `one_way` to the renter and back (through
+/// [`delay_proxy`]), and a renter that knows it only through that proxy and holds its offer.
+async fn provider_behind_a_slow_link(net: &str, one_way: Duration) -> Result<(TestNode, TestNode)> {
     let provider = TestNode::start(test_config(net, Some("H100-SXM-80GB:2"), &[])).await?;
     let addr = provider.addr().await?;
-    let tcp: std::net::SocketAddr = addr
+    let port = addr
         .parse::<libp2p::Multiaddr>()?
         .iter()
         .find_map(|p| match p {
-            libp2p::multiaddr::Protocol::Tcp(port) => {
-                Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
-            }
+            libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
             _ => None,
         })
         .ok_or_else(|| anyhow::anyhow!("no TCP port in {addr}"))?;
-    let proxy = delay_proxy(tcp, ONE_WAY).await?;
+    let proxy = delay_proxy(([127, 0, 0, 1], port).into(), one_way).await?;
     let via_proxy = format!("/ip4/127.0.0.1/tcp/{}/p2p/{}", proxy.port(), provider.peer_id());
     let renter = TestNode::start(test_config(net, None, &[via_proxy])).await?;
     wait_for("the provider's offer at the renter", Duration::from_secs(30), || async {
         renter.offers_of(&provider.peer_id()).await.is_ok_and(|o| o.len() == 1)
     })
     .await?;
+    Ok((provider, renter))
+}
 
-    let query = gpumesh_node::handle::Search {
+fn h100s() -> Result<gpumesh_node::handle::Search> {
+    Ok(gpumesh_node::handle::Search {
         query: gpumesh_protocol::query::Query::parse("gpu=h100")?,
         sort: Default::default(),
         limit: usize::MAX,
         latency_weight: 0.5,
-    };
+    })
+}
+
+/// A request on an open connection costs one round trip: the request goes out together with
+/// its stream's protocol name instead of after the provider confirmed the name (which would
+/// make it two). Measured over a proxy that delays each direction by 150 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_on_an_open_connection_takes_one_round_trip() -> Result<()> {
+    const ONE_WAY: Duration = Duration::from_millis(150);
+    let (provider, renter) = provider_behind_a_slow_link("t-one-rtt", ONE_WAY).await?;
     // The first capacity request on the connection, then one more: both must take one
     // round trip (300 ms here); two would take 600 ms.
     for round in 0..2 {
-        let report = renter.handle().capacity(query.clone(), Duration::from_secs(5)).await?;
+        let report = renter.handle().capacity(h100s()?, Duration::from_secs(5)).await?;
         let answer = report
             .answered
             .iter()
@@ -354,5 +360,27 @@ async fn a_request_on_an_open_connection_takes_one_round_trip() -> Result<()> {
         );
         assert!(rtt < 3 * ONE_WAY, "round {round}: {rtt:?} is more than one round trip of {:?}", 2 * ONE_WAY);
     }
+    Ok(())
+}
+
+/// A capacity query ends at its timeout with the providers that had not answered by then
+/// listed as unreachable, although the node otherwise keeps no timer running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capacity_query_ends_at_its_timeout_when_a_provider_is_slower() -> Result<()> {
+    const ONE_WAY: Duration = Duration::from_millis(300);
+    let (provider, renter) = provider_behind_a_slow_link("t-slow-answer", ONE_WAY).await?;
+    let timeout = Duration::from_millis(250);
+    let report = gpumesh_tests::within(
+        "a capacity query with a 250 ms timeout",
+        Duration::from_secs(10),
+        renter.handle().capacity(h100s()?, timeout),
+    )
+    .await??;
+    assert!(report.answered.is_empty(), "{report:?}");
+    let slow = report.unreachable.iter().find(|u| u.peer_id == provider.peer_id());
+    assert!(slow.is_some_and(|u| u.error.contains("no answer before the timeout")), "{report:?}");
+    let elapsed = Duration::from_secs_f64(report.elapsed_ms / 1000.0);
+    assert!(elapsed >= timeout, "ended after {elapsed:?}, before its timeout");
+    assert!(elapsed < 2 * ONE_WAY, "ended after {elapsed:?}, long after its {timeout:?} timeout");
     Ok(())
 }

@@ -177,7 +177,12 @@ impl EventLoop {
                     }
                 },
                 _ = sweep.tick() => self.sweep(),
-                _ = housekeeping.tick() => self.housekeeping(),
+                // Only while a capacity query or a probe waits for its deadline: every turn
+                // of this loop also polls the swarm, which an idle node need not pay for
+                // twenty times a second.
+                _ = housekeeping.tick(), if !self.fanouts.is_empty() || !self.probes.is_empty() => {
+                    self.housekeeping()
+                }
             }
         }
     }
