@@ -482,3 +482,12 @@ pub async fn settle(max: Duration) -> (Duration, bool) {
     }
     (started.elapsed(), false)
 }
+
+/// The process's CPU use over the next `window`, in per cent of one core: what a phase's
+/// nodes cost while nothing is published (timers, heartbeats, background threads).
+pub async fn idle_cpu_pct(window: Duration) -> Option<f64> {
+    let before = cpu_ticks()?;
+    tokio::time::sleep(window).await;
+    // 100 ticks per second on Linux.
+    Some((cpu_ticks()? - before) as f64 / window.as_secs_f64())
+}

@@ -8,7 +8,9 @@
 //! reports the process's CPU time per offer, which a noisy shared machine moves less than
 //! latency.
 
-use crate::net::{Arrival, BenchNode, Flavor, Parts, RawGossip, cpu_ticks, node_config, settle, wait_until};
+use crate::net::{
+    Arrival, BenchNode, Flavor, Parts, RawGossip, cpu_ticks, idle_cpu_pct, node_config, settle, wait_until,
+};
 use crate::offers;
 use crate::stats::Summary;
 use crate::{Args, SuiteResult};
@@ -21,6 +23,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 const NET: &str = "bench-propagation";
+/// How long each phase's CPU use is measured with nothing published, before its offers.
+const IDLE_WINDOW: Duration = Duration::from_secs(2);
 
 /// A tiny deterministic generator for picking nodes and peers.
 #[derive(Clone)]
@@ -62,6 +66,7 @@ pub async fn run(args: &Args) -> Result<SuiteResult> {
     // Nodes above target_peers close idle connections a few seconds after they open: measure
     // once the number of connections holds still.
     let (edges_before, edges_settled) = stable_edges(&nodes, &index).await?;
+    let ours_idle = idle_cpu_pct(IDLE_WINDOW).await;
     let mut ours = Vec::new();
     let mut delivered = 0usize;
     let cpu0 = cpu_ticks();
@@ -105,15 +110,17 @@ pub async fn run(args: &Args) -> Result<SuiteResult> {
     let protocols_connections = protocols.as_ref().map(|s| s.connections);
     let protocols = protocols.map(|s| {
         json!({"latency": s.latency, "delivery": s.delivery(n, count), "cpu_ms_per_offer": s.cpu_ms_per_offer,
-            "settled_after_s": s.settled_after.as_secs_f64()})
+            "idle_cpu_pct": s.idle_cpu_pct, "settled_after_s": s.settled_after.as_secs_f64()})
     });
     Ok(SuiteResult {
         suite: "propagation",
         ours: json!({"latency": ours_s, "delivery": ours_delivery, "cpu_ms_per_offer": ours_cpu,
+            "idle_cpu_pct": ours_idle,
             "settled_after_s": settle_t.as_secs_f64(), "settled": settled,
             "ratio_to_node_protocols": vs_protocols}),
         baseline: json!({"latency": raw.latency, "delivery": raw.delivery(n, count),
-            "cpu_ms_per_offer": raw.cpu_ms_per_offer, "settled_after_s": raw.settled_after.as_secs_f64(),
+            "cpu_ms_per_offer": raw.cpu_ms_per_offer, "idle_cpu_pct": raw.idle_cpu_pct,
+            "settled_after_s": raw.settled_after.as_secs_f64(),
             "node_protocols": protocols}),
         ratio,
         headline:
@@ -129,6 +136,7 @@ pub async fn run(args: &Args) -> Result<SuiteResult> {
         notes: vec![
             "baseline.node_protocols (full runs only): gossipsub with identify, ping, Kademlia and the three request-response protocols, each built as the node builds them, over the same edges, accepting each message at once, no application work; ours.ratio_to_node_protocols compares with it (the swarm-parts suite splits it by protocol)".into(),
             "cpu_ms_per_offer: CPU time of the whole process (all nodes) per offer while that phase measured".into(),
+            format!("idle_cpu_pct: the process's CPU use, in per cent of one core, over {} s with nothing published, just before the phase's offers", IDLE_WINDOW.as_secs()),
             "edges: the connections among our nodes after measuring, which the baselines dial; baseline_connections and node_protocols_connections: what each baseline had after measuring".into(),
         ],
     })
@@ -186,6 +194,7 @@ pub async fn parts(args: &Args) -> Result<SuiteResult> {
             "p99_ms": p99,
             "cpu_ms_per_offer": mean(v, cpu),
             "cpu_vs_gossipsub": mean(v, cpu) / base_cpu,
+            "idle_cpu_pct": mean(v, |b| b.idle_cpu_pct.unwrap_or(f64::NAN)),
             "p99_vs_gossipsub": p99 / base_p99,
             "delivery": v.iter().map(|b| b.delivery(n, count)).sum::<f64>() / v.len() as f64,
             "connections": v.iter().map(|b| b.connections).max(),
@@ -216,6 +225,8 @@ struct Baseline {
     latency: Summary,
     delivered: usize,
     cpu_ms_per_offer: Option<f64>,
+    /// The process's CPU use before the offers, per cent of one core.
+    idle_cpu_pct: Option<f64>,
     settled_after: Duration,
     /// Connections among the swarms after measuring.
     connections: usize,
@@ -256,6 +267,7 @@ async fn baseline(
     })
     .await?;
     let (settled_after, _) = settle(Duration::from_secs(60)).await;
+    let idle_cpu_pct = idle_cpu_pct(IDLE_WINDOW).await;
     let mut times = Vec::new();
     let mut delivered = 0usize;
     let mut cpu0 = None;
@@ -299,6 +311,7 @@ async fn baseline(
         latency: Summary::of(&times),
         delivered,
         cpu_ms_per_offer,
+        idle_cpu_pct,
         settled_after,
         connections: ends / 2,
     })
