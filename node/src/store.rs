@@ -420,6 +420,34 @@ mod tests {
         assert_eq!(s.reservations(), vec![("GPU-a".to_string(), LeaseId::from_bytes([2; 8]).to_string())]);
     }
 
+    /// A ticket tells a flush's outcome without waiting: nothing while the flush runs, then
+    /// its result; a ticket for a failed write reports that failure at once.
+    #[tokio::test]
+    async fn a_flush_ticket_tells_its_outcome_without_waiting() {
+        let failed = FlushTicket::failed("disk full".into()).outcome();
+        assert!(matches!(&failed, Some(Err(StoreError::Flush(why))) if why == "disk full"), "{failed:?}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.next_seq(0).unwrap();
+        let mut ticket = s.flush_in_background();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let outcome = loop {
+            if let Some(o) = ticket.outcome() {
+                break o;
+            }
+            assert!(std::time::Instant::now() < deadline, "the flush did not finish within 10 s");
+            tokio::task::yield_now().await;
+        };
+        assert!(outcome.is_ok(), "{outcome:?}");
+
+        // The flusher is gone once the store is: a ticket whose answer can no longer come.
+        let (tx, rx) = oneshot::channel::<Result<(), String>>();
+        drop(tx);
+        let orphan = FlushTicket(Ok(rx)).outcome();
+        assert!(matches!(&orphan, Some(Err(StoreError::Flush(_)))), "{orphan:?}");
+    }
+
     #[tokio::test]
     async fn leases_and_sequence_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
