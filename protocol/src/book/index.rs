@@ -408,14 +408,14 @@ impl Index {
             return Vec::new();
         }
         match key {
-            SortKey::Score => {
+            SortKey::Score => MATCHED.with_borrow_mut(|matched| {
                 // Scores are normalised over every match: collect, then score and select.
-                let mut matched: Vec<(u32, u64, Option<u32>)> = Vec::new();
+                matched.clear();
                 self.scan(query, now, |rows, i| {
                     matched.push((rows.slot[i], rows.price[i], rows.latency_ms(i)))
                 });
                 let ranges = Ranges::of(matched.iter().map(|m| (m.1, m.2)));
-                for (slot, price, lat) in matched {
+                for &(slot, price, lat) in matched.iter() {
                     if best.dominated(price, lat) {
                         continue;
                     }
@@ -424,7 +424,10 @@ impl Index {
                         best.offer(self.rank_key(slot, score, price, lat), slot);
                     }
                 }
-            }
+                if matched.capacity() > MATCHED_KEEP {
+                    *matched = Vec::new();
+                }
+            }),
             SortKey::Price | SortKey::Latency => {
                 self.scan(query, now, |rows, i| {
                     let (price, lat) = (rows.price[i], rows.latency_ms(i));
@@ -651,3 +654,15 @@ impl Fields for RowView<'_> {
         self.group.rows.duration_s[self.i]
     }
 }
+
+thread_local! {
+    /// The matches of a score-sorted search (slot, price, latency), kept between searches
+    /// on a thread: a broad query matches tens of thousands of rows, and a fresh vector
+    /// each time costs a chain of reallocations and, for large ones, fresh pages from the
+    /// kernel (glibc maps blocks above its mmap threshold on their own).
+    static MATCHED: std::cell::RefCell<Vec<(u32, u64, Option<u32>)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Above this many matches' room, [`MATCHED`] is freed after the search rather than kept
+/// (about 100k matches, 2.4 MB).
+const MATCHED_KEEP: usize = 100_000;
