@@ -420,8 +420,8 @@ mod tests {
         assert_eq!(s.reservations(), vec![("GPU-a".to_string(), LeaseId::from_bytes([2; 8]).to_string())]);
     }
 
-    /// A ticket tells a flush's outcome without waiting: nothing while the flush runs, then
-    /// its result; a ticket for a failed write reports that failure at once.
+    /// A ticket tells a flush's outcome without waiting: the flush's result once it is over,
+    /// a failed write's error at once, and an error when the flusher can no longer answer.
     #[tokio::test]
     async fn a_flush_ticket_tells_its_outcome_without_waiting() {
         let failed = FlushTicket::failed("disk full".into()).outcome();
