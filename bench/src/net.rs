@@ -13,6 +13,7 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identity, noise, tcp, yamux};
 use libp2p::{identify, kad, ping};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
@@ -483,11 +484,39 @@ pub async fn settle(max: Duration) -> (Duration, bool) {
     (started.elapsed(), false)
 }
 
-/// The process's CPU use over the next `window`, in per cent of one core: what a phase's
-/// nodes cost while nothing is published (timers, heartbeats, background threads).
-pub async fn idle_cpu_pct(window: Duration) -> Option<f64> {
-    let before = cpu_ticks()?;
+/// The process's CPU use over the next `window`, in per cent of one core, in all and by
+/// thread name: what a phase's nodes cost while nothing is published (timers, heartbeats,
+/// background threads).
+pub async fn idle_cpu(window: Duration) -> (Option<f64>, BTreeMap<String, f64>) {
+    let (before, threads_before) = (cpu_ticks(), thread_ticks());
     tokio::time::sleep(window).await;
     // 100 ticks per second on Linux.
-    Some((cpu_ticks()? - before) as f64 / window.as_secs_f64())
+    let pct = |ticks: u64| ticks as f64 / window.as_secs_f64();
+    let total = before.and_then(|b| Some(pct(cpu_ticks()?.checked_sub(b)?)));
+    let mut by_thread = BTreeMap::new();
+    for (name, ticks) in thread_ticks() {
+        let used = ticks.saturating_sub(threads_before.get(&name).copied().unwrap_or(0));
+        if used > 0 {
+            by_thread.insert(name, pct(used));
+        }
+    }
+    (total, by_thread)
+}
+
+/// CPU ticks of this process's threads, summed by name without a trailing number (the
+/// threads of one pool count together). Threads that ended are not counted.
+fn thread_ticks() -> BTreeMap<String, u64> {
+    let mut by_name = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return by_name };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let name =
+            stat[open + 1..close].trim_end_matches(|c: char| c.is_ascii_digit() || c == '-' || c == '_');
+        let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let ticks = f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+            + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+        *by_name.entry(name.to_string()).or_insert(0) += ticks;
+    }
+    by_name
 }

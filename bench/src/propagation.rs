@@ -9,7 +9,7 @@
 //! latency.
 
 use crate::net::{
-    Arrival, BenchNode, Flavor, Parts, RawGossip, cpu_ticks, idle_cpu_pct, node_config, settle, wait_until,
+    Arrival, BenchNode, Flavor, Parts, RawGossip, cpu_ticks, idle_cpu, node_config, settle, wait_until,
 };
 use crate::offers;
 use crate::stats::Summary;
@@ -18,7 +18,7 @@ use anyhow::{Context, Result};
 use gpumesh_node::net::message_id;
 use gpumesh_protocol::{Timestamp, envelope};
 use serde_json::{Value, json};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -66,7 +66,7 @@ pub async fn run(args: &Args) -> Result<SuiteResult> {
     // Nodes above target_peers close idle connections a few seconds after they open: measure
     // once the number of connections holds still.
     let (edges_before, edges_settled) = stable_edges(&nodes, &index).await?;
-    let ours_idle = idle_cpu_pct(IDLE_WINDOW).await;
+    let (ours_idle, ours_idle_threads) = idle_cpu(IDLE_WINDOW).await;
     let mut ours = Vec::new();
     let mut delivered = 0usize;
     let cpu0 = cpu_ticks();
@@ -110,16 +110,17 @@ pub async fn run(args: &Args) -> Result<SuiteResult> {
     let protocols_connections = protocols.as_ref().map(|s| s.connections);
     let protocols = protocols.map(|s| {
         json!({"latency": s.latency, "delivery": s.delivery(n, count), "cpu_ms_per_offer": s.cpu_ms_per_offer,
-            "idle_cpu_pct": s.idle_cpu_pct, "settled_after_s": s.settled_after.as_secs_f64()})
+            "idle_cpu_pct": s.idle_cpu_pct, "idle_cpu_by_thread": s.idle_threads, "settled_after_s": s.settled_after.as_secs_f64()})
     });
     Ok(SuiteResult {
         suite: "propagation",
         ours: json!({"latency": ours_s, "delivery": ours_delivery, "cpu_ms_per_offer": ours_cpu,
-            "idle_cpu_pct": ours_idle,
+            "idle_cpu_pct": ours_idle, "idle_cpu_by_thread": ours_idle_threads,
             "settled_after_s": settle_t.as_secs_f64(), "settled": settled,
             "ratio_to_node_protocols": vs_protocols}),
         baseline: json!({"latency": raw.latency, "delivery": raw.delivery(n, count),
             "cpu_ms_per_offer": raw.cpu_ms_per_offer, "idle_cpu_pct": raw.idle_cpu_pct,
+            "idle_cpu_by_thread": raw.idle_threads,
             "settled_after_s": raw.settled_after.as_secs_f64(),
             "node_protocols": protocols}),
         ratio,
@@ -136,7 +137,7 @@ pub async fn run(args: &Args) -> Result<SuiteResult> {
         notes: vec![
             "baseline.node_protocols (full runs only): gossipsub with identify, ping, Kademlia and the three request-response protocols, each built as the node builds them, over the same edges, accepting each message at once, no application work; ours.ratio_to_node_protocols compares with it (the swarm-parts suite splits it by protocol)".into(),
             "cpu_ms_per_offer: CPU time of the whole process (all nodes) per offer while that phase measured".into(),
-            format!("idle_cpu_pct: the process's CPU use, in per cent of one core, over {} s with nothing published, just before the phase's offers", IDLE_WINDOW.as_secs()),
+            format!("idle_cpu_pct: the process's CPU use, in per cent of one core, over {} s with nothing published, just before the phase's offers; idle_cpu_by_thread: the same by thread name (numbers dropped)", IDLE_WINDOW.as_secs()),
             "edges: the connections among our nodes after measuring, which the baselines dial; baseline_connections and node_protocols_connections: what each baseline had after measuring".into(),
         ],
     })
@@ -225,8 +226,9 @@ struct Baseline {
     latency: Summary,
     delivered: usize,
     cpu_ms_per_offer: Option<f64>,
-    /// The process's CPU use before the offers, per cent of one core.
+    /// The process's CPU use before the offers, per cent of one core, in all and by thread.
     idle_cpu_pct: Option<f64>,
+    idle_threads: BTreeMap<String, f64>,
     settled_after: Duration,
     /// Connections among the swarms after measuring.
     connections: usize,
@@ -267,7 +269,7 @@ async fn baseline(
     })
     .await?;
     let (settled_after, _) = settle(Duration::from_secs(60)).await;
-    let idle_cpu_pct = idle_cpu_pct(IDLE_WINDOW).await;
+    let (idle_cpu_pct, idle_threads) = idle_cpu(IDLE_WINDOW).await;
     let mut times = Vec::new();
     let mut delivered = 0usize;
     let mut cpu0 = None;
@@ -312,6 +314,7 @@ async fn baseline(
         delivered,
         cpu_ms_per_offer,
         idle_cpu_pct,
+        idle_threads,
         settled_after,
         connections: ends / 2,
     })
