@@ -457,7 +457,11 @@ fn tcp_swarm<B: libp2p::swarm::NetworkBehaviour>(key: identity::Keypair, behavio
 
 /// CPU time this process has used, in clock ticks (utime + stime of /proc/self/stat).
 pub fn cpu_ticks() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    stat_ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)
+}
+
+/// utime + stime of a `/proc/.../stat` line, in clock ticks.
+fn stat_ticks(stat: &str) -> Option<u64> {
     // Fields after the command name (which may hold spaces) start at field 3.
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -510,12 +514,12 @@ fn thread_ticks() -> BTreeMap<String, u64> {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return by_name };
     for task in tasks.flatten() {
         let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let (Some(open), Some(close), Some(ticks)) = (stat.find('('), stat.rfind(')'), stat_ticks(&stat))
+        else {
+            continue;
+        };
         let name =
             stat[open + 1..close].trim_end_matches(|c: char| c.is_ascii_digit() || c == '-' || c == '_');
-        let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-        let ticks = f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
-            + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
         *by_name.entry(name.to_string()).or_insert(0) += ticks;
     }
     by_name
