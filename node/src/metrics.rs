@@ -40,6 +40,8 @@ pub struct Metrics {
     pub api_latency: Family<RouteLabels, Histogram>,
     pub leases: Family<LeaseLabels, Counter>,
     pub capacity_queries: Counter,
+    pub sync_pages_served: Counter,
+    pub sync_offers_served: Counter,
     pub peer_bans: Counter,
     pub peers_trimmed: Counter,
     pub libp2p: libp2p::metrics::Metrics,
@@ -71,6 +73,14 @@ impl Metrics {
             "Live capacity queries answered",
             capacity_queries.clone(),
         );
+        let sync_pages_served = Counter::default();
+        registry.register("sync_pages_served", "Book sync requests answered", sync_pages_served.clone());
+        let sync_offers_served = Counter::default();
+        registry.register(
+            "sync_offers_served",
+            "Offers sent in answers to book sync requests (ranges the asking peer held alike are left out)",
+            sync_offers_served.clone(),
+        );
         let peer_bans = Counter::default();
         registry.register(
             "peer_bans",
@@ -92,6 +102,8 @@ impl Metrics {
             api_latency,
             leases,
             capacity_queries,
+            sync_pages_served,
+            sync_offers_served,
             peer_bans,
             peers_trimmed,
             libp2p,

@@ -37,7 +37,7 @@ pub mod spec;
 pub mod time;
 pub mod wire;
 
-pub use book::{BookChange, BookConfig, OfferBook, SyncPage};
+pub use book::{BookChange, BookConfig, OfferBook, SyncDigest, SyncPage};
 pub use bytes::{Bytes, BytesRef, Digest32, Nonce, SharedBytes};
 pub use envelope::{Kind, Verified};
 pub use error::Invalid;

@@ -1,5 +1,5 @@
-//! Names and messages of the network protocols: the gossip topic and the two
-//! request-response protocols (`/gpumesh/capacity/1`, `/gpumesh/lease/1`).
+//! Names and messages of the network protocols: the gossip topic and the three
+//! request-response protocols (`/gpumesh/capacity/1`, `/gpumesh/lease/1`, `/gpumesh/sync/2`).
 //!
 //! Each request-response stream carries exactly one CBOR item each way; the writer closes its
 //! side after the item. Sizes are capped before decoding.
@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 /// Protocol name of live capacity queries.
 pub const CAPACITY_PROTOCOL: &str = "/gpumesh/capacity/1";
 /// Protocol name of book sync.
-pub const SYNC_PROTOCOL: &str = "/gpumesh/sync/1";
+pub const SYNC_PROTOCOL: &str = "/gpumesh/sync/2";
 /// Protocol name of lease messages.
 pub const LEASE_PROTOCOL: &str = "/gpumesh/lease/1";
 /// Kademlia protocol name (peer discovery only; gpumesh stores no records in the DHT).
@@ -70,6 +70,11 @@ pub struct SyncRequest {
     /// Only offers whose id sorts above this one (bytewise). Omitted on the first page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<OfferId>,
+    /// The asking node's [`crate::SyncDigest`] ([`crate::book::SYNC_DIGEST_BYTES`] bytes):
+    /// only offers in ranges where it differs from the answering node's are sent. Omitted
+    /// by a node whose book is empty (everything is sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub have: Option<Bytes>,
 }
 
 /// The answer to a [`SyncRequest`]: live offer envelopes from the book in ascending offer id
@@ -96,8 +101,8 @@ pub struct SyncAnswerRef<'a> {
     pub next: Option<OfferId>,
 }
 
-/// Largest sync request, bytes.
-pub const MAX_SYNC_REQUEST: usize = 256;
+/// Largest sync request, bytes (a digest of 2048 bytes, the network name and a cursor).
+pub const MAX_SYNC_REQUEST: usize = 4096;
 /// Most offers in one sync answer.
 pub const MAX_SYNC_OFFERS: usize = 4096;
 /// Largest sync answer, bytes.

@@ -102,7 +102,7 @@ fn sync_pages_cover_every_live_offer_once_in_id_order() {
     // Pages of at most 7 offers.
     let (mut got, mut after, mut pages) = (Vec::new(), None, Vec::new());
     loop {
-        let page = b.sync_page(after.as_ref(), later, 7, usize::MAX, 8);
+        let page = b.sync_page(after.as_ref(), None, later, 7, usize::MAX, 8);
         pages.push(page.offers.len());
         got.extend(page.offers.iter().map(|o| o.to_vec()));
         match page.next {
@@ -115,15 +115,15 @@ fn sync_pages_cover_every_live_offer_once_in_id_order() {
 
     // A byte budget that holds two offers and a half cuts pages at two.
     let size = want[0].len() + 8;
-    let page = b.sync_page(None, later, 4096, size * 5 / 2, 8);
+    let page = b.sync_page(None, None, later, 4096, size * 5 / 2, 8);
     assert_eq!(page.offers, want[..2].iter().map(|o| &o[..]).collect::<Vec<_>>());
     assert_eq!(page.next, Some(live[1].0));
     // A budget smaller than one offer still moves on by one.
-    let page = b.sync_page(Some(&live[1].0), later, 4096, 1, 8);
+    let page = b.sync_page(Some(&live[1].0), None, later, 4096, 1, 8);
     assert_eq!(page.offers, vec![&want[2][..]]);
     assert_eq!(page.next, Some(live[2].0));
     // Past the last id: an empty last page.
-    let page = b.sync_page(Some(&live[23].0), later, 7, usize::MAX, 8);
+    let page = b.sync_page(Some(&live[23].0), None, later, 7, usize::MAX, 8);
     assert!(page.offers.is_empty() && page.next.is_none());
 }
 
@@ -330,4 +330,117 @@ fn only_the_exact_bytes_of_a_live_held_offer_are_a_copy() {
     assert!(!b.holds_copy(sealed(newer).bytes(), NOW));
     assert!(!b.holds_copy(withdrawal(o.offer_id, 6).bytes(), NOW));
     assert!(!b.holds_copy(&bytes, o.expires_at), "expired");
+}
+
+/// The digest from scratch over what a book should hold: ids and envelope bytes.
+fn digest_of(held: &std::collections::HashMap<OfferId, Vec<u8>>) -> SyncDigest {
+    SyncDigest::of(held.iter().map(|(id, b)| (id, &b[..])))
+}
+
+#[test]
+fn the_sync_digest_follows_every_change_to_the_book() {
+    let mut b = OfferBook::new(BookConfig::default());
+    let mut held = std::collections::HashMap::new();
+    assert_eq!(b.sync_digest(), &SyncDigest::default(), "an empty book sums to zero everywhere");
+    let mut ids = Vec::new();
+    for i in 0..12u8 {
+        let mut o = offer(&key(1), &format!("GPU-{i}"), 1, NOW);
+        if i == 5 {
+            o.expires_at = NOW.plus_millis(1);
+        }
+        let v = sealed(o);
+        ids.push(v.offer_id);
+        held.insert(v.offer_id, v.bytes().to_vec());
+        b.insert(v, NOW).unwrap();
+    }
+    assert_eq!(b.sync_digest(), &digest_of(&held), "after inserts");
+
+    // A newer sequence replaces the old bytes in the sum.
+    let mut newer = b.get(&ids[2], NOW).unwrap().body().clone();
+    newer.seq = 2;
+    newer.gpu_free = 0;
+    let newer = sealed(newer);
+    held.insert(ids[2], newer.bytes().to_vec());
+    assert_eq!(b.insert(newer, NOW), Ok(BookChange::Replaced(ids[2])));
+    assert_eq!(b.sync_digest(), &digest_of(&held), "after a replacement");
+
+    // A withdrawal takes its offer out.
+    assert_eq!(b.withdraw(&withdrawal(ids[7], 9), NOW), Ok(BookChange::Removed(ids[7])));
+    held.remove(&ids[7]);
+    assert_eq!(b.sync_digest(), &digest_of(&held), "after a withdrawal");
+
+    // An expired offer counts until the sweep removes it.
+    let later = NOW.plus_millis(2);
+    assert_eq!(b.sweep(later), vec![ids[5]]);
+    held.remove(&ids[5]);
+    assert_eq!(b.sync_digest(), &digest_of(&held), "after a sweep");
+
+    // Refused messages change nothing.
+    let before = b.sync_digest().clone();
+    let stale = sealed(offer(&key(1), "GPU-2", 1, NOW));
+    assert!(b.insert(stale, later).is_err());
+    assert_eq!(b.sync_digest(), &before, "after a refused offer");
+}
+
+#[test]
+fn a_sync_page_leaves_out_the_ranges_the_asking_peer_holds_alike() {
+    // The answering peer holds 60 offers; the asking one the same 60, except one it lacks
+    // and one it holds at an older sequence.
+    let (mut ours, mut theirs) =
+        (OfferBook::new(BookConfig::default()), OfferBook::new(BookConfig::default()));
+    let mut ids = Vec::new();
+    for i in 0..60u8 {
+        let k = key(100 + i);
+        let o = offer(&k, "H100-SXM-80GB", 1, NOW);
+        ids.push(o.offer_id);
+        if i != 10 {
+            theirs.insert(Verified::seal(&k, o.clone()), NOW).unwrap();
+        }
+        let mut o = o;
+        if i == 20 {
+            o.seq = 2;
+        }
+        ours.insert(Verified::seal(&k, o), NOW).unwrap();
+    }
+    let (lacking, older) = (ids[10], ids[20]);
+
+    let page = ours.sync_page(None, Some(theirs.sync_digest()), NOW, 4096, usize::MAX, 8);
+    let sent: Vec<OfferId> = page
+        .offers
+        .iter()
+        .map(|b| envelope::RawEnvelope::parse(b).unwrap())
+        .map(|r| <Offer as envelope::Body>::decode(r.body).unwrap().offer_id)
+        .collect();
+    assert!(sent.contains(&lacking) && sent.contains(&older), "the two offers that differ are sent");
+    let differing = [SyncDigest::range_of(&lacking), SyncDigest::range_of(&older)];
+    assert!(
+        sent.iter().all(|id| differing.contains(&SyncDigest::range_of(id))),
+        "only offers in the two differing ranges are sent: {sent:?}"
+    );
+    assert!(sent.len() < 60);
+    assert!(page.next.is_none());
+
+    // Once the asking peer holds what the answering one holds, nothing is sent.
+    for id in [lacking, older] {
+        let v = ours.get(&id, NOW).unwrap();
+        theirs.insert(v, NOW).unwrap();
+    }
+    assert_eq!(theirs.sync_digest(), ours.sync_digest());
+    let page = ours.sync_page(None, Some(theirs.sync_digest()), NOW, 4096, usize::MAX, 8);
+    assert!(page.offers.is_empty() && page.next.is_none());
+    // Without a digest, everything is sent, as before.
+    assert_eq!(ours.sync_page(None, None, NOW, 4096, usize::MAX, 8).offers.len(), 60);
+}
+
+#[test]
+fn a_sync_digest_reads_back_only_from_its_exact_wire_length() {
+    let mut b = OfferBook::new(BookConfig::default());
+    for i in 0..5u8 {
+        b.insert(Verified::seal(&key(40 + i), offer(&key(40 + i), "A100", 1, NOW)), NOW).unwrap();
+    }
+    let bytes = b.sync_digest().to_bytes();
+    assert_eq!(bytes.len(), book::SYNC_DIGEST_BYTES);
+    assert_eq!(SyncDigest::from_bytes(&bytes).as_ref(), Some(b.sync_digest()));
+    assert_eq!(SyncDigest::from_bytes(&bytes[1..]), None);
+    assert_eq!(SyncDigest::from_bytes(&[bytes.clone(), vec![0]].concat()), None);
 }

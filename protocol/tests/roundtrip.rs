@@ -163,7 +163,9 @@ proptest! {
         let offers: Vec<Bytes> = blobs.iter().cloned().map(Bytes).collect();
         wire_round_trip(CapacityAnswer { v: 1, offers: offers.clone() }, wire::MAX_CAPACITY_ANSWER);
         let cursor = (which % 2 == 1).then(|| OfferId::from_bytes(*id.as_bytes()));
-        wire_round_trip(SyncRequest { v: 1, network, after: cursor }, wire::MAX_SYNC_REQUEST);
+        // A full digest, with the cursor or without, fits the request's limit.
+        let have = (which < 2).then(|| Bytes(vec![0xA5; gpumesh_protocol::book::SYNC_DIGEST_BYTES]));
+        wire_round_trip(SyncRequest { v: 1, network, after: cursor, have }, wire::MAX_SYNC_REQUEST);
         let refs = SyncAnswerRef { v: 1, offers: blobs.iter().map(|b| BytesRef(b)).collect(), next: cursor };
         prop_assert_eq!(wire::encode(&refs), wire::encode(&SyncAnswer { v: 1, offers: offers.clone(), next: cursor }));
         wire_round_trip(SyncAnswer { v: 1, offers, next: cursor }, wire::MAX_SYNC_ANSWER);

@@ -121,6 +121,22 @@ fn offer_envelope_matches_the_spec() {
 }
 
 #[test]
+fn sync_fingerprint_and_digest_match_the_spec() {
+    let k = vector_key();
+    let bytes = envelope::seal(&k, &vector_offer());
+    check("sync-fingerprint", &hex(&book::fingerprint(&bytes).to_be_bytes()));
+    // A book holding only this offer: its sum in the range of the id's first byte (0xbd),
+    // zero elsewhere.
+    let mut b = OfferBook::new(BookConfig::default());
+    let now = vector_offer().issued_at;
+    b.insert(envelope::open::<Offer>(&bytes).unwrap(), now).unwrap();
+    let wire = b.sync_digest().to_bytes();
+    let at = 0xbd * 8;
+    assert_eq!(hex(&wire[at..at + 8]), from_spec("sync-fingerprint"));
+    assert!(wire[..at].iter().chain(&wire[at + 8..]).all(|&x| x == 0));
+}
+
+#[test]
 fn lease_request_envelope_matches_the_spec() {
     let bytes = envelope::seal(&vector_key(), &vector_request());
     let raw = envelope::RawEnvelope::parse(&bytes).unwrap();

@@ -237,6 +237,55 @@ async fn a_late_joiner_gets_a_book_larger_than_one_sync_page() -> Result<()> {
     Ok(())
 }
 
+/// A node that comes back holding the book it had is sent none of it again: its sync request
+/// carries a digest of its book, and the peer leaves out every range of ids where the two
+/// books agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_rejoins_holding_the_same_book_is_sent_none_of_it() -> Result<()> {
+    use gpumesh_protocol::envelope;
+    use gpumesh_tests::adversary::{self, GossipPeer, offer_for};
+    let net = "t-sync-digest";
+    let a = TestNode::start(test_config(net, None, &[])).await?;
+    let a_addr = a.addr().await?;
+    let key = adversary::key(32);
+    let provider = adversary::node_id(&key).to_string();
+    let now = gpumesh_node::clock::now();
+    {
+        // 30 offers from a provider that then leaves: only A's book holds them.
+        let p = GossipPeer::join(key.clone(), net, &a_addr, 64 * 1024).await?;
+        for i in 0..30 {
+            p.publish(envelope::seal(&key, &offer_for(&key, net, &format!("DIGEST-{i}"), 1, now))).await?;
+        }
+        wait_for("A to hold the 30 offers", Duration::from_secs(20), || async {
+            matches!(a.offers_of(&provider).await, Ok(o) if o.len() == 30)
+        })
+        .await?;
+    }
+    let served = "gpumesh_sync_offers_served_total";
+    let pages = "gpumesh_sync_pages_served_total";
+    let tmp = tempfile::tempdir()?;
+    let b_dir = tmp.path().join("b");
+    let mut b = TestNode::start_in(&b_dir, test_config(net, None, std::slice::from_ref(&a_addr))).await?;
+    wait_for("B to hold the 30 offers", Duration::from_secs(20), || async {
+        matches!(b.offers_of(&provider).await, Ok(o) if o.len() == 30)
+    })
+    .await?;
+    let first = a.metric_sum(served).await?;
+    assert!(first >= 30.0, "B joined with an empty book and was sent all 30 offers ({first})");
+    b.stop().await;
+
+    // B comes back on the same data dir: its book, loaded from its store, is A's.
+    let pages_before = a.metric_sum(pages).await?;
+    let b = TestNode::start_in(&b_dir, test_config(net, None, &[a_addr])).await?;
+    wait_for("A to answer B's sync again", Duration::from_secs(20), || async {
+        a.metric_sum(pages).await.is_ok_and(|p| p > pages_before)
+    })
+    .await?;
+    assert_eq!(a.metric_sum(served).await?, first, "no offer was sent again");
+    assert_eq!(b.offers_of(&provider).await?.len(), 30, "B still holds the 30 offers");
+    Ok(())
+}
+
 /// A client connected to the node at `addr` that only ever sent it one junk capacity query
 /// (which does not count as use).
 async fn idle_client(key: u64, addr: &str) -> Result<RpcPeer> {

@@ -9,7 +9,7 @@ use gpumesh_protocol::envelope::{RawEnvelope, open_cached};
 use gpumesh_protocol::query::Query;
 use gpumesh_protocol::wire::{self, CapacityAnswer, CapacityQuery, SyncAnswer, SyncAnswerRef, SyncRequest};
 use gpumesh_protocol::{
-    Bytes, BytesRef, Invalid, LeaseId, NodeId, Offer, OfferId, PROTOCOL_VERSION, Verified,
+    Bytes, BytesRef, Invalid, LeaseId, NodeId, Offer, OfferId, PROTOCOL_VERSION, SyncDigest, Verified,
 };
 use libp2p::PeerId;
 use libp2p::request_response::{self, Event, Message};
@@ -421,10 +421,14 @@ impl EventLoop {
     }
 
     fn request_sync_page(&mut self, sync: SyncInFlight) {
+        // Our digest, so the peer leaves out the ranges of ids where we hold what it holds
+        // (an empty book has nothing to compare: everything comes).
+        let have = (!self.book.is_empty()).then(|| Bytes(self.book.sync_digest().to_bytes()));
         let req = wire::encode(&SyncRequest {
             v: PROTOCOL_VERSION,
             network: self.settings.network.clone(),
             after: sync.after,
+            have,
         });
         let rid = self.swarm.behaviour_mut().sync.send_request(&sync.peer, req);
         self.syncs_in_flight.insert(rid, sync);
@@ -433,15 +437,26 @@ impl EventLoop {
     pub(super) fn handle_sync_event(&mut self, e: request_response::Event<Vec<u8>, Vec<u8>>) {
         match e {
             Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
-                let answer = match wire::decode::<SyncRequest>(&request, wire::MAX_SYNC_REQUEST) {
-                    Ok(r) if r.network == self.settings.network => {
+                let request =
+                    wire::decode::<SyncRequest>(&request, wire::MAX_SYNC_REQUEST).ok().and_then(|r| {
+                        // A digest of the wrong length makes the request malformed.
+                        let have = match &r.have {
+                            None => None,
+                            Some(b) => Some(SyncDigest::from_bytes(&b.0)?),
+                        };
+                        Some((r, have))
+                    });
+                let answer = match request {
+                    Some((r, have)) if r.network == self.settings.network => {
                         let page = self.book.sync_page(
                             r.after.as_ref(),
+                            have.as_ref(),
                             crate::clock::now(),
                             self.settings.sync_page_offers,
                             wire::MAX_SYNC_ANSWER - 64,
                             SYNC_FRAMING,
                         );
+                        self.metrics.sync_offers_served.inc_by(page.offers.len() as u64);
                         let offers = page.offers.into_iter().map(BytesRef).collect();
                         SyncAnswerRef { v: PROTOCOL_VERSION, offers, next: page.next }
                     }
@@ -450,6 +465,7 @@ impl EventLoop {
                         SyncAnswerRef { v: PROTOCOL_VERSION, offers: Vec::new(), next: None }
                     }
                 };
+                self.metrics.sync_pages_served.inc();
                 let _ = self.swarm.behaviour_mut().sync.send_response(channel, wire::encode(&answer));
             }
             Event::Message { peer, message: Message::Response { request_id, response }, .. } => {

@@ -159,6 +159,8 @@ pub(super) struct Slot {
     pub(super) provider: NodeId,
     pub(super) seq: u64,
     pub(super) expires_at: Timestamp,
+    /// [`super::fingerprint`] of `bytes`, kept to take it out of the digest on removal.
+    fingerprint: u64,
     group: u32,
     pos: u32,
 }
@@ -253,9 +255,15 @@ pub(super) struct Index {
     /// Measured RTTs, ms, of providers (held or not): every row of a provider carries its
     /// value.
     latencies: HashMap<NodeId, u32>,
+    /// The sync digest of every held offer, kept as offers come and go.
+    digest: super::SyncDigest,
 }
 
 impl Index {
+    pub(super) fn digest(&self) -> &super::SyncDigest {
+        &self.digest
+    }
+
     pub(super) fn len(&self) -> usize {
         self.by_id.len()
     }
@@ -324,8 +332,11 @@ impl Index {
         rows.push(row);
         let pos = (rows.len() - 1) as u32;
         self.by_provider.entry(offer.provider).or_default().insert(id);
+        let fingerprint = super::fingerprint(offer.bytes());
+        self.digest.add(&id, fingerprint);
         self.slots[slot as usize] = Some(Slot {
             bytes: offer.shared_bytes(),
+            fingerprint,
             offer_id: id,
             provider: offer.provider,
             seq: offer.seq,
@@ -341,6 +352,7 @@ impl Index {
         let slot_ix = self.by_id.remove(id)?;
         let slot = self.slots[slot_ix as usize].take()?;
         self.free_slots.push(slot_ix);
+        self.digest.remove(id, slot.fingerprint);
         let group = self.groups[slot.group as usize].as_mut().expect("a slot's group exists");
         let row = group.rows.swap_remove(slot.pos as usize);
         if let Some(&moved) = group.rows.slot.get(slot.pos as usize)

@@ -26,6 +26,83 @@ pub struct SyncPage<'a> {
     pub next: Option<OfferId>,
 }
 
+/// Ranges of offer ids in a [`SyncDigest`]: one per value of an id's first byte.
+pub const SYNC_RANGES: usize = 256;
+
+/// A summary of a book for a sync (protocol.md §8.3): for each range of offer ids (the
+/// ids whose first byte is the range's number), the sum, wrapping at 2^64, of the
+/// [`fingerprint`]s of the offers held in it. Two books that hold the same offers in a
+/// range have the same sum there; a peer answering a sync skips such ranges.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncDigest(pub [u64; SYNC_RANGES]);
+
+/// Bytes of a [`SyncDigest`] on the wire: each range's sum as 8 bytes, big-endian, range 0
+/// first.
+pub const SYNC_DIGEST_BYTES: usize = SYNC_RANGES * 8;
+
+impl Default for SyncDigest {
+    fn default() -> Self {
+        SyncDigest([0; SYNC_RANGES])
+    }
+}
+
+impl SyncDigest {
+    /// The range an offer id belongs to.
+    pub fn range_of(id: &OfferId) -> usize {
+        id.as_bytes()[0] as usize
+    }
+
+    /// The digest of a set of offer envelopes (their ids and bytes).
+    pub fn of<'a>(offers: impl IntoIterator<Item = (&'a OfferId, &'a [u8])>) -> SyncDigest {
+        let mut d = SyncDigest::default();
+        for (id, bytes) in offers {
+            d.add(id, fingerprint(bytes));
+        }
+        d
+    }
+
+    fn add(&mut self, id: &OfferId, fingerprint: u64) {
+        let r = &mut self.0[Self::range_of(id)];
+        *r = r.wrapping_add(fingerprint);
+    }
+
+    fn remove(&mut self, id: &OfferId, fingerprint: u64) {
+        let r = &mut self.0[Self::range_of(id)];
+        *r = r.wrapping_sub(fingerprint);
+    }
+
+    /// Whether the two digests agree on the range of `id`.
+    pub fn same_range(&self, other: &SyncDigest, id: &OfferId) -> bool {
+        let r = Self::range_of(id);
+        self.0[r] == other.0[r]
+    }
+
+    /// The wire form: [`SYNC_DIGEST_BYTES`] bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.0.iter().flat_map(|s| s.to_be_bytes()).collect()
+    }
+
+    /// Reads the wire form; `None` unless it is exactly [`SYNC_DIGEST_BYTES`] long.
+    pub fn from_bytes(b: &[u8]) -> Option<SyncDigest> {
+        if b.len() != SYNC_DIGEST_BYTES {
+            return None;
+        }
+        let mut d = SyncDigest::default();
+        for (sum, chunk) in d.0.iter_mut().zip(b.chunks_exact(8)) {
+            *sum = u64::from_be_bytes(chunk.try_into().expect("chunks of 8"));
+        }
+        Some(d)
+    }
+}
+
+/// An offer envelope's fingerprint in a [`SyncDigest`]: the first 8 bytes of the SHA-256 of
+/// the envelope's bytes (the first 8 bytes of its gossip message id), read big-endian.
+pub fn fingerprint(envelope: &[u8]) -> u64 {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(envelope);
+    u64::from_be_bytes(h[..8].try_into().expect("a SHA-256 is 32 bytes"))
+}
+
 /// Tunables of an [`OfferBook`].
 #[derive(Clone, Copy, Debug)]
 pub struct BookConfig {
@@ -210,22 +287,34 @@ impl OfferBook {
         self.live_slots(now).map(|s| s.offer())
     }
 
+    /// The book's [`SyncDigest`]: of every offer it holds, including any that expired since
+    /// the last [`OfferBook::sweep`] (a peer then sees their range differ and sends it).
+    pub fn sync_digest(&self) -> &SyncDigest {
+        self.index.digest()
+    }
+
     /// One page of a book sync: the signed bytes of the offers not expired at `now` whose id
-    /// sorts above `after`, lowest ids first, as many as fit in `max_offers` and in
-    /// `max_bytes` (each offer counted as its length plus `framing` bytes). A page holds at
-    /// least one offer when any is left, so paging always moves on. `next` is the last id in
-    /// the page when more offers follow it.
+    /// sorts above `after` and, when the asking peer sent its digest `have`, whose range sums
+    /// differ between `have` and this book's digest; lowest ids first, as many as fit in
+    /// `max_offers` and in `max_bytes` (each offer counted as its length plus `framing`
+    /// bytes). A page holds at least one offer when any is left, so paging always moves on.
+    /// `next` is the last id in the page when more offers follow it.
     pub fn sync_page(
         &self,
         after: Option<&OfferId>,
+        have: Option<&SyncDigest>,
         now: Timestamp,
         max_offers: usize,
         max_bytes: usize,
         framing: usize,
     ) -> SyncPage<'_> {
         let max_offers = max_offers.max(1);
-        let mut rest: Vec<&index::Slot> =
-            self.live_slots(now).filter(|s| after.is_none_or(|a| s.offer_id > *a)).collect();
+        let ours = self.index.digest();
+        let mut rest: Vec<&index::Slot> = self
+            .live_slots(now)
+            .filter(|s| after.is_none_or(|a| s.offer_id > *a))
+            .filter(|s| have.is_none_or(|h| !h.same_range(ours, &s.offer_id)))
+            .collect();
         let mut cut = rest.len() > max_offers;
         if cut {
             // The lowest `max_offers` ids, without sorting the whole book.
