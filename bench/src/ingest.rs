@@ -95,6 +95,7 @@ pub fn run(args: &Args) -> Result<SuiteResult> {
         }
         t.elapsed().as_secs_f64()
     });
+    let resync = resync_same_book(&held, now);
     let mut paired: Vec<f64> = base_t.iter().zip(&ours_t).map(|(b, o)| b / o).collect();
     paired.sort_by(f64::total_cmp);
     let ratio = paired[paired.len() / 2];
@@ -105,7 +106,8 @@ pub fn run(args: &Args) -> Result<SuiteResult> {
     Ok(SuiteResult {
         suite: "ingest",
         ours: json!({"offers_per_s": ours_rate, "us_per_offer": 1e6 / ours_rate,
-                     "resync_of_held_offers": {"offers_per_s": n as f64 / resync_t, "us_per_offer": 1e6 * resync_t / n as f64}}),
+                     "resync_of_held_offers": {"offers_per_s": n as f64 / resync_t, "us_per_offer": 1e6 * resync_t / n as f64},
+                     "resync_same_book": resync}),
         baseline: json!({"verifies_per_s": base_rate, "us_per_verify": 1e6 / base_rate,
                          "predecompressed_keys": {"verifies_per_s": n as f64 / best_cached, "us_per_verify": 1e6 * best_cached / n as f64}}),
         ratio,
@@ -121,6 +123,7 @@ pub fn run(args: &Args) -> Result<SuiteResult> {
                 .into(),
             "rates are each side's best round; the ratio is the median of the rounds' ratios".into(),
             "ours.resync_of_held_offers: the same offers once more, as a book sync from a peer holding the same book delivers them; each is found held byte for byte and not verified again (best of 3)".into(),
+            "ours.resync_same_book: a whole book sync between two peers holding the same offers, both sides' work (encode and decode every page, each offer found held); with_digest: the asking side sends its sync digest and the answer leaves out every range where the books agree, without_digest: every offer is sent, as /gpumesh/sync/1 did (best of 3 each)".into(),
             "no batch verification: ed25519-dalek's verify_batch is not equivalent to verify_strict for \
              signatures with small-order components (see docs/performance.md), so every offer is verified strictly"
                 .into(),
@@ -129,6 +132,63 @@ pub fn run(args: &Args) -> Result<SuiteResult> {
 }
 
 /// The shortest of `n` timings.
+/// Both sides of a whole book sync between two peers that hold the same offers (`book`),
+/// with the asking side's digest in each request and without it: wall time (best of 3) and
+/// the bytes of the answers.
+fn resync_same_book(book: &OfferBook, now: Timestamp) -> serde_json::Value {
+    use gpumesh_protocol::wire::{self, SyncAnswer, SyncAnswerRef, SyncRequest};
+    use gpumesh_protocol::{Bytes, BytesRef, SyncDigest};
+    let run = |with_digest: bool| {
+        let (mut pages, mut bytes, mut after) = (0usize, 0usize, None);
+        loop {
+            // The asking side: its request, with its digest.
+            let have = with_digest.then(|| Bytes(book.sync_digest().to_bytes()));
+            let req = wire::encode(&SyncRequest { v: 1, network: NET.into(), after, have });
+            // The answering side: decode, page, encode.
+            let r = wire::decode::<SyncRequest>(&req, wire::MAX_SYNC_REQUEST).expect("decodes");
+            let have = r.have.as_ref().map(|h| SyncDigest::from_bytes(&h.0).expect("2048 bytes"));
+            let page = book.sync_page(
+                r.after.as_ref(),
+                have.as_ref(),
+                now,
+                wire::MAX_SYNC_OFFERS,
+                wire::MAX_SYNC_ANSWER - 64,
+                8,
+            );
+            let answer = wire::encode(&SyncAnswerRef {
+                v: 1,
+                offers: page.offers.into_iter().map(BytesRef).collect(),
+                next: page.next,
+            });
+            // The asking side again: every offer in the answer is found held.
+            let a = wire::decode::<SyncAnswer>(&answer, wire::MAX_SYNC_ANSWER).expect("decodes");
+            for o in &a.offers {
+                assert!(book.holds_copy(black_box(&o.0), now), "every offer is held");
+            }
+            pages += 1;
+            bytes += req.len() + answer.len();
+            match a.next {
+                Some(n) => after = Some(n),
+                None => return (pages, bytes),
+            }
+        }
+    };
+    let timed = |with_digest: bool| {
+        let mut out = (0, 0);
+        let t = best_of(3, || {
+            let t = Instant::now();
+            out = run(with_digest);
+            t.elapsed().as_secs_f64()
+        });
+        (t, out.0, out.1)
+    };
+    let (t_with, pages_with, bytes_with) = timed(true);
+    let (t_without, pages_without, bytes_without) = timed(false);
+    json!({"with_digest": {"ms": t_with * 1e3, "pages": pages_with, "bytes": bytes_with},
+           "without_digest": {"ms": t_without * 1e3, "pages": pages_without, "bytes": bytes_without},
+           "time_ratio": t_with / t_without.max(1e-12)})
+}
+
 fn best_of(n: usize, mut f: impl FnMut() -> f64) -> f64 {
     (0..n).map(|_| f()).fold(f64::MAX, f64::min)
 }
