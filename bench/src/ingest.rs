@@ -131,10 +131,9 @@ pub fn run(args: &Args) -> Result<SuiteResult> {
     })
 }
 
-/// The shortest of `n` timings.
 /// Both sides of a whole book sync between two peers that hold the same offers (`book`),
-/// with the asking side's digest in each request and without it: wall time (best of 3) and
-/// the bytes of the answers.
+/// with the asking side's digest in each request and without it: wall time (best of 3),
+/// pages, and the bytes of requests and answers.
 fn resync_same_book(book: &OfferBook, now: Timestamp) -> serde_json::Value {
     use gpumesh_protocol::wire::{self, SyncAnswer, SyncAnswerRef, SyncRequest};
     use gpumesh_protocol::{Bytes, BytesRef, SyncDigest};
@@ -189,6 +188,7 @@ fn resync_same_book(book: &OfferBook, now: Timestamp) -> serde_json::Value {
            "time_ratio": t_with / t_without.max(1e-12)})
 }
 
+/// The shortest of `n` timings.
 fn best_of(n: usize, mut f: impl FnMut() -> f64) -> f64 {
     (0..n).map(|_| f()).fold(f64::MAX, f64::min)
 }

@@ -202,29 +202,34 @@ async fn a_node_keeps_dialing_its_bootstrap_peer_until_it_comes_up() -> Result<(
     Ok(())
 }
 
+/// Gives `a` (listening at `a_addr`) 30 offers of a provider made from key `seed`, which
+/// then leaves: from then on only books hold them. Returns the provider's id.
+async fn offers_of_a_provider_gone(a: &TestNode, a_addr: &str, net: &str, seed: u64) -> Result<String> {
+    use gpumesh_protocol::envelope;
+    use gpumesh_tests::adversary::{GossipPeer, offer_for};
+    let key = adversary::key(seed);
+    let provider = adversary::node_id(&key).to_string();
+    let now = gpumesh_node::clock::now();
+    let p = GossipPeer::join(key.clone(), net, a_addr, 64 * 1024).await?;
+    for i in 0..30 {
+        p.publish(envelope::seal(&key, &offer_for(&key, net, &format!("GONE-{i}"), 1, now))).await?;
+    }
+    wait_for("A to hold the 30 offers", Duration::from_secs(20), || async {
+        matches!(a.offers_of(&provider).await, Ok(o) if o.len() == 30)
+    })
+    .await?;
+    Ok(provider)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_joiner_gets_a_book_larger_than_one_sync_page() -> Result<()> {
-    use gpumesh_protocol::envelope;
-    use gpumesh_tests::adversary::{self, GossipPeer, offer_for};
     let net = "t-sync-pages";
     // A answers syncs in pages of 7 offers; it will hold 30 offers of a provider that then leaves.
     let mut ca = test_config(net, None, &[]);
     ca.tuning.sync_page_offers = 7;
     let a = TestNode::start(ca).await?;
     let a_addr = a.addr().await?;
-    let key = adversary::key(31);
-    let provider = adversary::node_id(&key).to_string();
-    let now = gpumesh_node::clock::now();
-    {
-        let p = GossipPeer::join(key.clone(), net, &a_addr, 64 * 1024).await?;
-        for i in 0..30 {
-            p.publish(envelope::seal(&key, &offer_for(&key, net, &format!("SYNC-{i}"), 1, now))).await?;
-        }
-        wait_for("A to hold the 30 offers", Duration::from_secs(20), || async {
-            matches!(a.offers_of(&provider).await, Ok(o) if o.len() == 30)
-        })
-        .await?;
-    }
+    let provider = offers_of_a_provider_gone(&a, &a_addr, net, 31).await?;
     // The provider is gone and re-announces nothing: B, joining through A, can learn the
     // offers only from A's book, page after page.
     let b = TestNode::start(test_config(net, None, &[a_addr])).await?;
@@ -242,25 +247,10 @@ async fn a_late_joiner_gets_a_book_larger_than_one_sync_page() -> Result<()> {
 /// books agree.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_rejoins_holding_the_same_book_is_sent_none_of_it() -> Result<()> {
-    use gpumesh_protocol::envelope;
-    use gpumesh_tests::adversary::{self, GossipPeer, offer_for};
     let net = "t-sync-digest";
     let a = TestNode::start(test_config(net, None, &[])).await?;
     let a_addr = a.addr().await?;
-    let key = adversary::key(32);
-    let provider = adversary::node_id(&key).to_string();
-    let now = gpumesh_node::clock::now();
-    {
-        // 30 offers from a provider that then leaves: only A's book holds them.
-        let p = GossipPeer::join(key.clone(), net, &a_addr, 64 * 1024).await?;
-        for i in 0..30 {
-            p.publish(envelope::seal(&key, &offer_for(&key, net, &format!("DIGEST-{i}"), 1, now))).await?;
-        }
-        wait_for("A to hold the 30 offers", Duration::from_secs(20), || async {
-            matches!(a.offers_of(&provider).await, Ok(o) if o.len() == 30)
-        })
-        .await?;
-    }
+    let provider = offers_of_a_provider_gone(&a, &a_addr, net, 32).await?;
     let served = "gpumesh_sync_offers_served_total";
     let pages = "gpumesh_sync_pages_served_total";
     let tmp = tempfile::tempdir()?;
