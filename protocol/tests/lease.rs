@@ -254,6 +254,69 @@ fn start_hook_success_and_failure() {
     assert_eq!(grant.start, NOW.plus_millis(1500), "the lease starts when granted");
 }
 
+/// Every reply in `out`, by token.
+fn replies(out: &[ProviderOutput]) -> std::collections::BTreeMap<u64, LeaseRpcReply> {
+    out.iter()
+        .filter_map(|o| match o {
+            ProviderOutput::Reply { token, reply } => Some((*token, reply.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A renter whose request went unanswered asks `status`. While the start hook runs there is
+/// no grant yet; answering `unknown` would have the renter send the request again, get
+/// `replayed`, and give the lease up while the provider grants it. The question waits for
+/// the hook instead and gets the request's outcome.
+#[test]
+fn a_status_question_about_a_starting_lease_waits_for_its_start_hook() {
+    let (mut e, g) = provider(2, true);
+    let renter = key(1);
+    let started = |out: &[ProviderOutput]| {
+        out.iter()
+            .find_map(|o| match o {
+                ProviderOutput::RunStartHook(l) => Some(l.lease_id),
+                _ => None,
+            })
+            .expect("start hook requested")
+    };
+    let status = |e: &mut ProviderEngine, token: u64, from: &SigningKey, lease_id: LeaseId| {
+        e.handle(ProviderInput::Status { token, from: id_of(from), lease_id }, NOW)
+    };
+
+    // A hook that succeeds: the request gets the grant, the question `active` with it.
+    let id = started(&send(&mut e, 1, &request(&renter, &g, 1, 1, |_| {}), NOW));
+    assert!(replies(&status(&mut e, 2, &renter, id)).is_empty(), "held while the hook runs");
+    assert_eq!(
+        replies(&status(&mut e, 3, &key(9), id)).get(&3),
+        Some(&LeaseRpcReply::Unknown),
+        "not the renter"
+    );
+    let out = e.handle(ProviderInput::HookDone { lease_id: id, result: Ok("{}".into()) }, NOW);
+    let r = replies(&out);
+    let Some(LeaseRpcReply::Grant(grant)) = r.get(&1) else { panic!("{out:?}") };
+    assert_eq!(r.get(&2), Some(&LeaseRpcReply::Active(grant.clone())));
+
+    // A hook that fails: both get the reject.
+    let id = started(&send(&mut e, 4, &request(&renter, &g, 1, 2, |_| {}), NOW));
+    for t in 5..5 + MAX_HELD_STATUS as u64 {
+        assert!(replies(&status(&mut e, t, &renter, id)).is_empty());
+    }
+    let over = 5 + MAX_HELD_STATUS as u64;
+    assert_eq!(
+        replies(&status(&mut e, over, &renter, id)).get(&over),
+        Some(&LeaseRpcReply::Unknown),
+        "over the cap"
+    );
+    let out = e.handle(ProviderInput::HookDone { lease_id: id, result: Err("boom".into()) }, NOW);
+    let r = replies(&out);
+    assert_eq!(r.len(), 1 + MAX_HELD_STATUS);
+    for (token, reply) in r {
+        let LeaseRpcReply::Reject(b) = reply else { panic!("token {token}: {reply:?}") };
+        assert_eq!(envelope::open::<LeaseReject>(&b.0).unwrap().reason, RejectReason::ProviderError);
+    }
+}
+
 #[test]
 fn release_gives_a_receipt_and_only_the_renter_may_release() {
     let (mut e, g) = provider(1, false);

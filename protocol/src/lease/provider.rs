@@ -145,12 +145,18 @@ pub struct ProviderEngine {
     prune_seen_at: usize,
     /// Reply tokens of requests waiting on a start hook.
     waiting: HashMap<LeaseId, ReplyToken>,
+    /// Reply tokens of the renter's `status` questions about a lease whose start hook runs
+    /// (at most [`MAX_HELD_STATUS`] a lease): answered with the request's outcome.
+    status_waiting: HashMap<LeaseId, Vec<ReplyToken>>,
     /// Decompressed keys of renters.
     keys: KeyCache,
 }
 
 /// The smallest `seen` table worth pruning.
 const SEEN_PRUNE_MIN: usize = 1024;
+
+/// Most `status` questions held for one starting lease; later ones are answered `unknown`.
+pub const MAX_HELD_STATUS: usize = 4;
 
 impl ProviderEngine {
     /// A new engine that signs with `key`.
@@ -166,6 +172,7 @@ impl ProviderEngine {
             seen: HashMap::new(),
             prune_seen_at: SEEN_PRUNE_MIN,
             waiting: HashMap::new(),
+            status_waiting: HashMap::new(),
             keys: KeyCache::new(4096),
         }
     }
@@ -228,13 +235,27 @@ impl ProviderEngine {
             ProviderInput::Status { token, from, lease_id } => {
                 let reply = match self.leases.get(&lease_id) {
                     Some(l) if l.renter == from => match (&l.state, &l.receipt, &l.grant) {
-                        (_, Some(r), _) => LeaseRpcReply::Receipt(r.clone()),
-                        (LeaseState::Active, _, Some(g)) => LeaseRpcReply::Active(g.clone()),
-                        _ => LeaseRpcReply::Unknown,
+                        (_, Some(r), _) => Some(LeaseRpcReply::Receipt(r.clone())),
+                        (LeaseState::Active, _, Some(g)) => Some(LeaseRpcReply::Active(g.clone())),
+                        // Its start hook runs and no grant exists yet: the answer waits for the
+                        // hook, as the request's does. Answering `unknown` would have the renter
+                        // give the lease up while the provider goes on to grant it.
+                        (LeaseState::Starting, _, _) => {
+                            let held = self.status_waiting.entry(lease_id).or_default();
+                            if held.len() < MAX_HELD_STATUS {
+                                held.push(token);
+                                None
+                            } else {
+                                Some(LeaseRpcReply::Unknown)
+                            }
+                        }
+                        _ => Some(LeaseRpcReply::Unknown),
                     },
-                    _ => LeaseRpcReply::Unknown,
+                    _ => Some(LeaseRpcReply::Unknown),
                 };
-                out.push(ProviderOutput::Reply { token, reply });
+                if let Some(reply) = reply {
+                    out.push(ProviderOutput::Reply { token, reply });
+                }
             }
             ProviderInput::HookDone { lease_id, result } => {
                 self.on_hook_done(lease_id, result, now, &mut out)
@@ -260,13 +281,14 @@ impl ProviderEngine {
                     let renter = l.renter;
                     let digest = Digest32::of(&l.request.0);
                     self.leases.insert(lease_id, l);
-                    if let Some(token) = token {
+                    let held = self.status_waiting.remove(&lease_id).unwrap_or_default();
+                    for token in token.into_iter().chain(held) {
                         self.reject(
                             token,
                             Some(renter),
                             digest,
                             RejectReason::ProviderError,
-                            error,
+                            error.clone(),
                             &mut out,
                         );
                     }
@@ -537,10 +559,12 @@ impl ProviderEngine {
         now: Timestamp,
         out: &mut Vec<ProviderOutput>,
     ) {
-        let Some(token) = self.waiting.remove(&lease_id) else { return };
-        let Some(l) = self.leases.get(&lease_id) else { return };
+        let held = self.status_waiting.remove(&lease_id).unwrap_or_default();
+        let (Some(token), Some(l)) = (self.waiting.remove(&lease_id), self.leases.get(&lease_id)) else {
+            return self.answer_unknown(held, out);
+        };
         if l.state != LeaseState::Starting {
-            return;
+            return self.answer_unknown(held, out);
         }
         match result {
             Ok(access) if access.len() <= MAX_ACCESS_LEN => {
@@ -551,6 +575,12 @@ impl ProviderEngine {
                 l.start = now;
                 l.end = now.plus_millis(dur);
                 self.activate(lease_id, token, access, out);
+                // The renter's status questions get what a status gets for an active lease.
+                let grant = self.leases.get(&lease_id).and_then(|l| l.grant.clone());
+                for token in held {
+                    let reply = grant.clone().map_or(LeaseRpcReply::Unknown, LeaseRpcReply::Active);
+                    out.push(ProviderOutput::Reply { token, reply });
+                }
             }
             other => {
                 let why = match other {
@@ -569,8 +599,18 @@ impl ProviderEngine {
                 out.push(ProviderOutput::FreeCountChanged(l.offer_id));
                 out.push(ProviderOutput::Event(ProviderEvent::Ended { lease_id, state: LeaseState::Failed }));
                 self.leases.insert(lease_id, l);
+                for token in held {
+                    self.reject(token, Some(renter), digest, RejectReason::ProviderError, why.clone(), out);
+                }
                 self.reject(token, Some(renter), digest, RejectReason::ProviderError, why, out);
             }
+        }
+    }
+
+    /// Answers held status questions `unknown` (their lease is no longer starting).
+    fn answer_unknown(&self, tokens: Vec<ReplyToken>, out: &mut Vec<ProviderOutput>) {
+        for token in tokens {
+            out.push(ProviderOutput::Reply { token, reply: LeaseRpcReply::Unknown });
         }
     }
 
