@@ -405,12 +405,7 @@ fn a_sync_page_leaves_out_the_ranges_the_asking_peer_holds_alike() {
     let (lacking, older) = (ids[10], ids[20]);
 
     let page = ours.sync_page(None, Some(theirs.sync_digest()), NOW, 4096, usize::MAX, 8);
-    let sent: Vec<OfferId> = page
-        .offers
-        .iter()
-        .map(|b| envelope::RawEnvelope::parse(b).unwrap())
-        .map(|r| <Offer as envelope::Body>::decode(r.body).unwrap().offer_id)
-        .collect();
+    let sent: Vec<OfferId> = page.offers.iter().map(|b| offer_id_in(b)).collect();
     assert!(sent.contains(&lacking) && sent.contains(&older), "the two offers that differ are sent");
     let differing = [SyncDigest::range_of(&lacking), SyncDigest::range_of(&older)];
     assert!(
@@ -430,6 +425,33 @@ fn a_sync_page_leaves_out_the_ranges_the_asking_peer_holds_alike() {
     assert!(page.offers.is_empty() && page.next.is_none());
     // Without a digest, everything is sent, as before.
     assert_eq!(ours.sync_page(None, None, NOW, 4096, usize::MAX, 8).offers.len(), 60);
+
+    // Paging and the digest together: pages of one offer over a book that differs in two
+    // ranges bring exactly the offers of those ranges, each once, in id order.
+    let mut theirs = OfferBook::new(BookConfig::default());
+    for id in &ids {
+        if *id != lacking && *id != older {
+            theirs.insert(ours.get(id, NOW).unwrap(), NOW).unwrap();
+        }
+    }
+    let (mut got, mut after) = (Vec::new(), None);
+    loop {
+        let page = ours.sync_page(after.as_ref(), Some(theirs.sync_digest()), NOW, 1, usize::MAX, 8);
+        got.extend(page.offers.iter().map(|b| offer_id_in(b)));
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    let mut want: Vec<OfferId> =
+        ids.iter().copied().filter(|id| differing.contains(&SyncDigest::range_of(id))).collect();
+    want.sort();
+    assert_eq!(got, want);
+}
+
+fn offer_id_in(envelope_bytes: &[u8]) -> OfferId {
+    let raw = envelope::RawEnvelope::parse(envelope_bytes).unwrap();
+    <Offer as envelope::Body>::decode(raw.body).unwrap().offer_id
 }
 
 #[test]
