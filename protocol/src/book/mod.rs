@@ -98,9 +98,8 @@ impl SyncDigest {
 /// An offer envelope's fingerprint in a [`SyncDigest`]: the first 8 bytes of the SHA-256 of
 /// the envelope's bytes (the first 8 bytes of its gossip message id), read big-endian.
 pub fn fingerprint(envelope: &[u8]) -> u64 {
-    use sha2::{Digest, Sha256};
-    let h = Sha256::digest(envelope);
-    u64::from_be_bytes(h[..8].try_into().expect("a SHA-256 is 32 bytes"))
+    let h = crate::bytes::Digest32::of(envelope);
+    u64::from_be_bytes(h.0[..8].try_into().expect("a SHA-256 is 32 bytes"))
 }
 
 /// Tunables of an [`OfferBook`].
