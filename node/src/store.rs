@@ -221,6 +221,13 @@ impl Store {
         Ok(next)
     }
 
+    /// Marks `gpu` as reserved by `holder` behind the lease engine's back, so that a test can
+    /// make the next write of a lease on that GPU fail.
+    #[cfg(test)]
+    pub(crate) fn reserve_gpu_for_test(&self, gpu: &str, holder: &LeaseId) {
+        self.gpus.insert(gpu.as_bytes(), holder.as_bytes().to_vec()).unwrap();
+    }
+
     /// Writes a provider lease and its GPU reservations atomically, then flushes. A live
     /// lease (starting or active) reserves its GPUs; a finished one releases them.
     pub async fn persist_provider_lease(&self, lease: &ProviderLease) -> Result<(), StoreError> {

@@ -317,6 +317,52 @@ fn a_status_question_about_a_starting_lease_waits_for_its_start_hook() {
     }
 }
 
+/// The grant's write fails after a successful start hook: the node drops the grant and the
+/// answers to held status questions, and hands their tokens back. Each stream then gets one
+/// `provider-error` reject (none is left waiting for its timeout), the lease is failed and
+/// its GPUs are free again.
+#[test]
+fn a_failed_grant_write_after_the_start_hook_answers_every_stream_once() {
+    let (mut e, g) = provider(1, true);
+    let renter = key(1);
+    let out = send(&mut e, 1, &request(&renter, &g, 1, 1, |_| {}), NOW);
+    let id = out
+        .iter()
+        .find_map(|o| match o {
+            ProviderOutput::RunStartHook(l) => Some(l.lease_id),
+            _ => None,
+        })
+        .expect("start hook requested");
+    for t in [2, 3] {
+        e.handle(ProviderInput::Status { token: t, from: id_of(&renter), lease_id: id }, NOW);
+    }
+    let out = e.handle(ProviderInput::HookDone { lease_id: id, result: Ok("{}".into()) }, NOW);
+    assert!(matches!(&out[0], ProviderOutput::Persist(l) if l.state == LeaseState::Active), "{out:?}");
+    let dropped: Vec<u64> = replies(&out).into_keys().collect();
+    assert_eq!(dropped, vec![1, 2, 3]);
+
+    // The node's input had no token of its own (a hook's end); it hands back the dropped ones,
+    // one of them twice, as a node that also passed an input's token might.
+    let tokens = [dropped.clone(), vec![1]].concat();
+    let out = e.handle(ProviderInput::PersistFailed { lease_id: id, tokens, error: "disk full".into() }, NOW);
+    assert!(matches!(&out[0], ProviderOutput::Persist(l) if l.state == LeaseState::Failed), "{out:?}");
+    let answered: Vec<u64> = out
+        .iter()
+        .filter_map(|o| match o {
+            ProviderOutput::Reply { token, reply: LeaseRpcReply::Reject(b) } => {
+                let reject = envelope::open::<LeaseReject>(&b.0).unwrap();
+                assert_eq!(reject.reason, RejectReason::ProviderError);
+                assert_eq!(reject.detail, "disk full");
+                Some(*token)
+            }
+            ProviderOutput::Reply { reply, .. } => panic!("not a reject: {reply:?}"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(answered, dropped, "each stream answered exactly once");
+    assert_eq!(e.free_gpus(&g.offer_id), 1, "the failed lease's GPU is free again");
+}
+
 #[test]
 fn release_gives_a_receipt_and_only_the_renter_may_release() {
     let (mut e, g) = provider(1, false);

@@ -7,6 +7,8 @@
 
 mod provider;
 mod renter;
+#[cfg(test)]
+mod tests;
 
 pub(crate) use provider::{Advertiser, OfferedGroup};
 

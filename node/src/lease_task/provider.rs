@@ -57,19 +57,22 @@ impl LeaseTask {
                 if let Err(e) = self.store.persist_provider_lease(l).await {
                     tracing::error!(lease = %l.lease_id, error = %e, "could not persist a lease; failing it");
                     failed.insert(l.lease_id);
-                    // Drop what was to follow this write for this input (the grant above all).
-                    queue.retain(|o| {
-                        !matches!(
-                            o,
-                            ProviderOutput::Reply { .. }
-                                | ProviderOutput::ScheduleEnd { .. }
-                                | ProviderOutput::RunStartHook(_)
-                        )
+                    // Drop what was to follow this write for this input (the grant above all),
+                    // and give the engine the streams of the dropped replies, so that each
+                    // still gets an answer (a reject) instead of waiting for its timeout.
+                    let mut tokens: Vec<u64> = token.into_iter().collect();
+                    queue.retain(|o| match o {
+                        ProviderOutput::Reply { token, .. } => {
+                            tokens.push(*token);
+                            false
+                        }
+                        ProviderOutput::ScheduleEnd { .. } | ProviderOutput::RunStartHook(_) => false,
+                        _ => true,
                     });
                     let more = self.provider.handle(
                         ProviderInput::PersistFailed {
                             lease_id: l.lease_id,
-                            token,
+                            tokens,
                             error: "provider storage failed".into(),
                         },
                         now,

@@ -514,7 +514,7 @@ impl Harness {
                 self.hooks.retain(|h| *h != lease_id);
                 self.feed(ProviderInput::PersistFailed {
                     lease_id,
-                    token: *token,
+                    tokens: token.iter().copied().collect(),
                     error: "disk full".into(),
                 });
             }

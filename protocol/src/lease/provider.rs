@@ -81,9 +81,12 @@ pub enum ProviderInput<'a> {
     /// A timer set with `ScheduleEnd` fired.
     Timer { lease_id: LeaseId },
     /// The node could not make a `Persist` of this lease durable. It must not have sent any
-    /// later output about the lease (no grant left): the lease fails and its GPUs are freed,
-    /// and the waiting requester (if `token`) gets a `provider-error` reject.
-    PersistFailed { lease_id: LeaseId, token: Option<ReplyToken>, error: String },
+    /// later output of the same input (no grant left): the lease fails and its GPUs are freed.
+    /// `tokens` names every stream that is owed an answer: the input's own token, if it had
+    /// one, and the token of every `Reply` the node dropped after the failed write (a grant,
+    /// or the answers to held status questions). Each of them, and every request or status
+    /// question still waiting on this lease, gets one `provider-error` reject.
+    PersistFailed { lease_id: LeaseId, tokens: Vec<ReplyToken>, error: String },
 }
 
 /// What the node must do, in order.
@@ -260,8 +263,17 @@ impl ProviderEngine {
             ProviderInput::HookDone { lease_id, result } => {
                 self.on_hook_done(lease_id, result, now, &mut out)
             }
-            ProviderInput::PersistFailed { lease_id, token, error } => {
-                self.waiting.remove(&lease_id);
+            ProviderInput::PersistFailed { lease_id, tokens, error } => {
+                // Everyone owed an answer about this lease, each once (the input's token is
+                // often also the waiting request's).
+                let mut owed: Vec<ReplyToken> = Vec::new();
+                let waiting = self.waiting.remove(&lease_id);
+                let held = self.status_waiting.remove(&lease_id).unwrap_or_default();
+                for t in tokens.into_iter().chain(waiting).chain(held) {
+                    if !owed.contains(&t) {
+                        owed.push(t);
+                    }
+                }
                 if let Some(mut l) = self.leases.remove(&lease_id) {
                     if l.state.is_live() {
                         for g in &l.gpus {
@@ -281,8 +293,7 @@ impl ProviderEngine {
                     let renter = l.renter;
                     let digest = Digest32::of(&l.request.0);
                     self.leases.insert(lease_id, l);
-                    let held = self.status_waiting.remove(&lease_id).unwrap_or_default();
-                    for token in token.into_iter().chain(held) {
+                    for token in owed {
                         self.reject(
                             token,
                             Some(renter),
@@ -292,6 +303,10 @@ impl ProviderEngine {
                             &mut out,
                         );
                     }
+                } else {
+                    // Not a lease this engine knows (it persists none it does not know):
+                    // still answer, so that no stream waits for its timeout.
+                    self.answer_unknown(owed, &mut out);
                 }
             }
             ProviderInput::Timer { lease_id } => {

@@ -1,0 +1,128 @@
+//! The lease task against a real store: what the node does when a write the provider engine
+//! asked for fails.
+
+use super::*;
+use crate::config::NodeConfig;
+use gpumesh_protocol::bytes::Nonce;
+use gpumesh_protocol::lease::messages::{LeaseReject, LeaseRequest};
+use gpumesh_protocol::wire::{self, LeaseRpcReply};
+use gpumesh_protocol::{PROTOCOL_VERSION, envelope};
+use std::collections::BTreeMap;
+
+struct Rig {
+    task: LeaseTask,
+    swarm: mpsc::Receiver<Command>,
+    store: Store,
+    offer: gpumesh_protocol::OfferId,
+    price: Price,
+    _dir: tempfile::TempDir,
+    _commands: mpsc::Sender<LeaseCommand>,
+}
+
+/// A provider's lease task with one simulated GPU and a start hook configured (the hook
+/// program is never waited for: the test feeds the hook's end itself).
+fn provider_with_a_start_hook() -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = NodeConfig::default();
+    config.hooks.on_lease_start = Some(dir.path().join("no-such-hook"));
+    let settings = Arc::new(config.resolve().unwrap());
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let store = Store::open(&dir.path().join("db")).unwrap();
+    let gpus = crate::inventory::simulate("H100-SXM-80GB:1", &[7; 32]).unwrap();
+    let price = Price(2_000_000);
+    let groups: Vec<OfferedGroup> = crate::inventory::group(&gpus)
+        .into_iter()
+        .map(|(spec, units)| OfferedGroup { spec, units, price })
+        .collect();
+    let (swarm_tx, swarm) = mpsc::channel(64);
+    let (commands_tx, commands) = mpsc::channel(8);
+    let task = LeaseTask::new(LeaseTaskParts {
+        key,
+        settings: settings.clone(),
+        store: store.clone(),
+        metrics: Arc::new(Metrics::new()),
+        groups,
+        host: gpumesh_protocol::HostSpec {
+            cpu_cores: 8,
+            ram_mib: 65536,
+            disk_gib: 100,
+            region: "test".into(),
+        },
+        gpus,
+        swarm: swarm_tx,
+        commands,
+    });
+    let offer = task.advertiser.engine_groups()[0].offer_id;
+    Rig { task, swarm, store, offer, price, _dir: dir, _commands: commands_tx }
+}
+
+/// Every lease reply handed to the swarm so far, by token.
+fn replies_sent(swarm: &mut mpsc::Receiver<Command>) -> BTreeMap<u64, LeaseRpcReply> {
+    let mut sent = BTreeMap::new();
+    while let Ok(c) = swarm.try_recv() {
+        if let Command::RespondLease { token, bytes } = c {
+            let reply = wire::decode::<LeaseRpcReply>(&bytes, usize::MAX).unwrap();
+            assert!(sent.insert(token, reply).is_none(), "token {token} answered twice");
+        }
+    }
+    sent
+}
+
+/// The grant's write fails after the start hook succeeded (here: the store finds the GPU
+/// reserved under another lease). No grant may leave, and the request and the renter's
+/// held status question must each still get an answer, a `provider-error` reject, instead of
+/// waiting for the renter's timeout.
+#[tokio::test]
+async fn a_grant_whose_write_fails_after_the_start_hook_is_answered_with_a_reject() {
+    let mut rig = provider_with_a_start_hook();
+    let groups = rig.task.advertiser.engine_groups();
+    rig.task.provider_input(ProviderInput::SetGroups(groups), None).await;
+
+    let renter = SigningKey::from_bytes(&[9; 32]);
+    let renter_id = NodeId::from_bytes(renter.verifying_key().to_bytes());
+    let request = envelope::seal(
+        &renter,
+        &LeaseRequest {
+            v: PROTOCOL_VERSION,
+            network: rig.task.settings.network.clone(),
+            renter: renter_id,
+            provider: rig.task.me,
+            offer_id: rig.offer,
+            gpus: 1,
+            duration_s: 600,
+            price: rig.price,
+            max_price: rig.price,
+            nonce: Nonce([1; 16]),
+            issued_at: crate::clock::now(),
+            ssh_key: None,
+        },
+    );
+    rig.task
+        .provider_input(ProviderInput::Request { token: 1, from: renter_id, bytes: &request }, Some(1))
+        .await;
+    let (stored, _) = rig.store.provider_leases();
+    let [lease] = &stored[..] else { panic!("one starting lease stored: {stored:?}") };
+    assert_eq!(lease.state, gpumesh_protocol::lease::LeaseState::Starting);
+    rig.task
+        .provider_input(
+            ProviderInput::Status { token: 2, from: renter_id, lease_id: lease.lease_id },
+            Some(2),
+        )
+        .await;
+    assert!(replies_sent(&mut rig.swarm).is_empty(), "nothing is answered while the hook runs");
+
+    rig.store.reserve_gpu_for_test(&lease.gpus[0].uuid, &LeaseId::from_bytes([0xee; 8]));
+    rig.task
+        .provider_input(ProviderInput::HookDone { lease_id: lease.lease_id, result: Ok("{}".into()) }, None)
+        .await;
+
+    let sent = replies_sent(&mut rig.swarm);
+    assert_eq!(sent.keys().copied().collect::<Vec<_>>(), vec![1, 2], "{sent:?}");
+    for (token, reply) in sent {
+        let LeaseRpcReply::Reject(b) = reply else { panic!("token {token} got {reply:?}, not a reject") };
+        let reject = envelope::open::<LeaseReject>(&b.0).unwrap();
+        assert_eq!(reject.reason, RejectReason::ProviderError, "token {token}");
+    }
+    let (stored, _) = rig.store.provider_leases();
+    assert_eq!(stored[0].state, gpumesh_protocol::lease::LeaseState::Failed, "the lease is failed on disk");
+}
