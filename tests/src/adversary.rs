@@ -330,12 +330,14 @@ async fn flood(
 pub enum Proto {
     Capacity,
     Lease,
+    Sync,
 }
 
 #[derive(NetworkBehaviour)]
 struct RpcBehaviour {
     capacity: request_response::Behaviour<BytesCodec>,
     lease: request_response::Behaviour<BytesCodec>,
+    sync: request_response::Behaviour<BytesCodec>,
 }
 
 /// Where a raw request's answer (or transport failure) goes.
@@ -349,8 +351,8 @@ struct RpcCmd {
     reply: Reply,
 }
 
-/// A raw request-response client that speaks the capacity and lease protocols with arbitrary
-/// bytes, keeping at most `in_flight` requests open at once (a node accepts 256 concurrent
+/// A raw request-response client that speaks the capacity, lease and sync protocols with
+/// arbitrary bytes, keeping at most `in_flight` requests open at once (a node accepts 256 concurrent
 /// streams per connection and drops the rest).
 #[derive(Debug, Clone)]
 pub struct RpcPeer {
@@ -381,6 +383,12 @@ fn rpc_swarm(key: &SigningKey, in_flight: usize) -> Result<Swarm<RpcBehaviour>> 
                 [(StreamProtocol::new(wire::LEASE_PROTOCOL), ProtocolSupport::Outbound)],
                 cfg(),
             ),
+            sync: request_response::Behaviour::with_codec(
+                // Any request size: the node, not this client, must refuse what is too big.
+                BytesCodec { max_request: usize::MAX, max_response: wire::MAX_SYNC_ANSWER },
+                [(StreamProtocol::new(wire::SYNC_PROTOCOL), ProtocolSupport::Outbound)],
+                cfg(),
+            ),
         })?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
         .build())
@@ -409,6 +417,7 @@ impl RpcPeer {
                         let (proto, e) = match ev {
                             SwarmEvent::Behaviour(RpcBehaviourEvent::Capacity(e)) => (Proto::Capacity, e),
                             SwarmEvent::Behaviour(RpcBehaviourEvent::Lease(e)) => (Proto::Lease, e),
+                            SwarmEvent::Behaviour(RpcBehaviourEvent::Sync(e)) => (Proto::Sync, e),
                             _ => continue,
                         };
                         let (id, result) = match e {
@@ -431,6 +440,7 @@ impl RpcPeer {
                             let rr = match c.proto {
                                 Proto::Capacity => &mut b.capacity,
                                 Proto::Lease => &mut b.lease,
+                                Proto::Sync => &mut b.sync,
                             };
                             let id = rr.send_request_with_addresses(&c.peer, c.bytes, vec![c.addr]);
                             waiting.insert((c.proto, id), c.reply);

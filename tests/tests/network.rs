@@ -276,6 +276,69 @@ async fn a_node_that_rejoins_holding_the_same_book_is_sent_none_of_it() -> Resul
     Ok(())
 }
 
+/// Sync requests a node cannot use get an empty page and leave the node serving: junk, a
+/// digest of the wrong length, another network, and one over the protocol's size limit (whose
+/// stream the node closes). A well-formed request gets the book, less the ranges whose sums
+/// match the digest it carries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_sync_requests_get_an_empty_page_and_the_node_keeps_serving() -> Result<()> {
+    use gpumesh_protocol::bytes::Bytes;
+    use gpumesh_protocol::envelope;
+    use gpumesh_protocol::wire::{SyncAnswer, SyncRequest};
+    use gpumesh_protocol::{Offer, OfferId, SyncDigest};
+    let net = "t-sync-bad";
+    let a = TestNode::start(test_config(net, None, &[])).await?;
+    let a_addr = a.addr().await?;
+    offers_of_a_provider_gone(&a, &a_addr, net, 33).await?;
+    let peer = RpcPeer::start(adversary::key(34), 4).await?;
+    let ask = |bytes: Vec<u8>| {
+        let (peer, a_addr) = (&peer, &a_addr);
+        async move { peer.request(Proto::Sync, a_addr, bytes).await }
+    };
+    let page = |answer: Vec<u8>| wire::decode::<SyncAnswer>(&answer, wire::MAX_SYNC_ANSWER);
+    let request = |network: &str, have: Option<Vec<u8>>| {
+        wire::encode(&SyncRequest {
+            v: PROTOCOL_VERSION,
+            network: network.into(),
+            after: None,
+            have: have.map(Bytes),
+        })
+    };
+
+    let bad = [
+        ("junk", b"junk".to_vec()),
+        ("a digest one byte short", request(net, Some(vec![0; 2047]))),
+        ("a digest one byte long", request(net, Some(vec![0; 2049]))),
+        ("another network", request("t-other", None)),
+    ];
+    for (what, bytes) in bad {
+        let answer = ask(bytes).await?.map_err(anyhow::Error::msg)?;
+        let p = page(answer)?;
+        assert!(p.offers.is_empty() && p.next.is_none(), "{what}: {} offers", p.offers.len());
+    }
+    let over = request(net, Some(vec![0; wire::MAX_SYNC_REQUEST]));
+    // The node stops reading at the limit and drops the stream: the client sees it end with
+    // no answer (or fail), never a page.
+    match ask(over).await? {
+        Err(_) => {}
+        Ok(answer) => assert!(answer.is_empty(), "a request over the limit was answered: {answer:?}"),
+    }
+
+    // Still serving: an empty book's digest (all zero) differs in every range the node holds.
+    let all = page(ask(request(net, Some(vec![0; 2048]))).await?.map_err(anyhow::Error::msg)?)?;
+    assert_eq!(all.offers.len(), 30);
+    let ids: Vec<OfferId> = all
+        .offers
+        .iter()
+        .map(|b| envelope::open::<Offer>(&b.0).map(|o| o.offer_id))
+        .collect::<Result<_, _>>()?;
+    // A digest of the same 30 offers: nothing to send.
+    let same = SyncDigest::of(ids.iter().zip(all.offers.iter().map(|b| &b.0[..])));
+    let none = page(ask(request(net, Some(same.to_bytes()))).await?.map_err(anyhow::Error::msg)?)?;
+    assert!(none.offers.is_empty(), "{} offers sent to a peer holding them all", none.offers.len());
+    Ok(())
+}
+
 /// A client connected to the node at `addr` that only ever sent it one junk capacity query
 /// (which does not count as use).
 async fn idle_client(key: u64, addr: &str) -> Result<RpcPeer> {
