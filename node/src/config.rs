@@ -52,6 +52,9 @@ pub struct NodeConfig {
     pub mdns: bool,
     /// Simulated GPUs instead of detection, e.g. `H100-SXM-80GB:2,RTX-4090:1`.
     pub simulate_gpus: Option<String>,
+    /// Where the nodes of this host lock the real GPUs they offer, so that two nodes never
+    /// offer the same GPU. Every node on the host must use the same directory.
+    pub gpu_lock_dir: Option<PathBuf>,
     /// Price in USD per GPU-hour for every GPU (overrides `prices` and the catalogue).
     pub price: Option<String>,
     /// Price in USD per GPU-hour per model name.
@@ -152,6 +155,7 @@ impl Default for NodeConfig {
             api_allow_remote: false,
             mdns: true,
             simulate_gpus: None,
+            gpu_lock_dir: None,
             price: None,
             prices: BTreeMap::new(),
             region: "unknown".into(),
@@ -321,6 +325,10 @@ impl NodeConfig {
             api,
             mdns: self.mdns,
             simulate_gpus: self.simulate_gpus.clone().filter(|s| !s.trim().is_empty()),
+            gpu_lock_dir: self
+                .gpu_lock_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(crate::inventory::claim::DEFAULT_LOCK_DIR)),
             price,
             prices,
             region: self.region.clone(),
@@ -368,6 +376,7 @@ pub struct Settings {
     pub api: SocketAddr,
     pub mdns: bool,
     pub simulate_gpus: Option<String>,
+    pub gpu_lock_dir: PathBuf,
     pub price: Option<Price>,
     pub prices: BTreeMap<String, Price>,
     pub region: String,
@@ -465,6 +474,9 @@ network = "{network}"
 
 # Use simulated GPUs instead of detecting real ones: MODEL[:COUNT[:VRAM_GIB]], comma separated.
 # simulate_gpus = "H100-SXM-80GB:2,RTX-4090:1"
+
+# Nodes on one machine lock the real GPUs they offer here, so that no two offer the same GPU.
+# gpu_lock_dir = "/tmp/gpumesh-gpu-locks"
 
 # One price for every GPU, or per model (otherwise the catalogue's typical price is used).
 # price = "2.10"

@@ -133,6 +133,12 @@ pub async fn start(data_dir: DataDir, config: NodeConfig) -> Result<RunningNode,
     for n in &notes {
         tracing::info!(note = %n, "GPU inventory");
     }
+    // Real GPUs another node on this host already offers are left out (inventory::claim).
+    let claimed = inventory::claim::claim(gpus, &settings.gpu_lock_dir);
+    for n in &claimed.notes {
+        tracing::warn!(note = %n, "GPU locks");
+    }
+    let (gpus, gpu_claims) = (claimed.gpus, claimed.claims);
     let facts = inventory::detect_host(data_dir.root());
     let host = HostSpec {
         cpu_cores: facts.cpu_cores,
@@ -217,7 +223,9 @@ pub async fn start(data_dir: DataDir, config: NodeConfig) -> Result<RunningNode,
     let guard =
         AbortOnDrop(vec![api_task.abort_handle(), loop_task.abort_handle(), lease_join.abort_handle()]);
     let task = tokio::spawn(async move {
-        // Supervisor: waits for stop, then shuts down in order.
+        // Supervisor: waits for stop, then shuts down in order. The GPU locks go last, when
+        // the offers are withdrawn (or at once, in a crash).
+        let _gpu_claims = gpu_claims;
         let _guard = guard;
         let _ = stop_rx.await;
         tracing::info!("shutting down: withdrawing offers");

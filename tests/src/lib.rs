@@ -21,6 +21,7 @@ use anyhow::{Context, Result, bail};
 use gpumesh_node::config::NodeConfig;
 use gpumesh_node::views::{OfferView, StatusView};
 use gpumesh_node::{DataDir, RunningNode};
+use std::ffi::OsStr;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -325,6 +326,12 @@ impl Proc {
     /// Like [`Proc::node`] with the API on `api`. Logs are appended to `DIR.log`, so a
     /// restarted node's log follows the previous run's.
     pub fn node_with_api(dir: &Path, api: &str, args: &[&str]) -> Result<Proc> {
+        Proc::node_with_env(dir, api, &[], args)
+    }
+
+    /// Like [`Proc::node_with_api`] with these environment variables set (e.g. a `PATH` that
+    /// holds a stand-in `nvidia-smi`).
+    pub fn node_with_env(dir: &Path, api: &str, env: &[(&str, &OsStr)], args: &[&str]) -> Result<Proc> {
         std::fs::create_dir_all(dir)?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.with_extension("log"))?;
         let child = Command::new(gpumesh_bin())
@@ -334,6 +341,7 @@ impl Proc {
             .arg(api)
             .arg("node")
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;

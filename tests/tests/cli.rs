@@ -4,6 +4,7 @@
 use anyhow::Result;
 use gpumesh_tests::{Proc, gpumesh};
 use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
 
 #[test]
 fn init_twice_without_force_refuses() -> Result<()> {
@@ -171,5 +172,51 @@ async fn status_peers_offers_as_tables_and_json_and_the_api_wants_its_token() ->
     let code = node.wait_exit(std::time::Duration::from_secs(20)).await?;
     assert_eq!(code, Some(0));
     assert!(!dir.join("api.json").exists());
+    Ok(())
+}
+
+/// Two nodes on one machine (different data dirs, as a service and a manual run would be) see
+/// the same GPUs; only the first offers them, so no GPU can be leased through both. When it
+/// exits, its locks go with it and a node started next offers the GPUs again. The GPUs come
+/// from a stand-in `nvidia-smi` on PATH (on a machine with NVML the real GPUs are used
+/// instead, with the same outcome).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_one_host_never_offer_the_same_gpu() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin)?;
+    let smi = bin.join("nvidia-smi");
+    std::fs::write(
+        &smi,
+        "#!/bin/sh\ncase \"$1\" in\n--query-gpu=*)\n\
+         echo '0, GPU-11111111-2222-3333-4444-555555555555, NVIDIA GeForce RTX 4090, 24564, 8.9, 550.54.14, Disabled'\n\
+         echo '1, GPU-66666666-7777-8888-9999-000000000000, NVIDIA GeForce RTX 4090, 24564, 8.9, 550.54.14, Disabled'\n\
+         ;;\nesac\n",
+    )?;
+    std::fs::set_permissions(&smi, std::fs::Permissions::from_mode(0o755))?;
+    let config = tmp.path().join("gpumesh.toml");
+    std::fs::write(&config, format!("gpu_lock_dir = '{}'\n", tmp.path().join("locks").display()))?;
+    let config = config.to_str().expect("a UTF-8 temp path");
+    let start = |name: &str| {
+        Proc::node_with_env(
+            &tmp.path().join(name),
+            "127.0.0.1:0",
+            &[("PATH", bin.as_os_str())],
+            &["--network", "t-claim", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0", "--config", config],
+        )
+    };
+
+    let mut first = start("first")?;
+    let offered = first.ready().await?.local_gpus;
+    assert!(offered >= 1, "the first node offers the host's GPUs");
+    let second = start("second")?;
+    assert_eq!(second.ready().await?.local_gpus, 0, "the second node offers none of them");
+    let log = std::fs::read_to_string(tmp.path().join("second.log"))?;
+    assert!(log.contains("another gpumesh node on this host"), "the second node says why: {log}");
+
+    first.signal(15)?;
+    first.wait_exit(Duration::from_secs(30)).await?;
+    let third = start("third")?;
+    assert_eq!(third.ready().await?.local_gpus, offered, "the first node's locks went with it");
     Ok(())
 }

@@ -9,6 +9,7 @@
 //! - [`mod@simulate`]: simulated GPUs from a spec such as `H100-SXM-80GB:2,RTX-4090:1`.
 //! - [`catalogue`]: known models, driver-name aliases, typical prices, [`canonical_model`].
 //! - [`host`]: CPU cores, RAM and free disk ([`detect_host`]).
+//! - [`claim`]: one node per GPU on a host (a lock file per GPU UUID).
 //! - `tests.rs`, `smi_tests.rs`, `simulate_tests.rs`: unit and property tests (detection,
 //!   [`group`], the shared field rules; the parser and runner; the spec syntax and UUIDs).
 //! - `fixtures/`: recorded `nvidia-smi` outputs the tests parse.
@@ -34,6 +35,7 @@
 //!   memory and SMs are split into instances, so it cannot be leased whole.
 
 pub mod catalogue;
+pub mod claim;
 pub mod host;
 pub mod nvml;
 pub mod simulate;
