@@ -73,7 +73,8 @@ pub struct NodeConfig {
     /// Connected peers a node keeps without a reason. Above this, every sweep closes the
     /// connections that carry nothing for it: peers outside its gossip mesh, connected longer
     /// than a grace period, with no capacity, lease or probe traffic within the idle timeout
-    /// and no sync, capacity query or probe of its own waiting; at or above it, the node stops
+    /// and no sync, capacity query or probe of its own waiting (peers in use are kept only up
+    /// to half of `max_connections`, most recently used first); at or above it, the node stops
     /// looking for peers unless its gossip mesh is thin. Fewer connections cost less CPU and
     /// memory on every node (docs/protocol.md §2).
     pub target_peers: u32,

@@ -383,6 +383,38 @@ async fn above_target_peers_a_node_closes_idle_connections_but_keeps_its_mesh_an
     Ok(())
 }
 
+/// Peers that keep themselves in use (here: a valid capacity query each) are kept, but only
+/// as many as half of `max_connections`; past that the least recently used go, so that made-up
+/// identities asking queries cannot hold every connection slot. Six renters ask in turn a
+/// hub with `max_connections = 8` (it keeps 4); the two that asked first are closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renters_in_use_are_kept_only_up_to_half_of_max_connections() -> Result<()> {
+    let net = "t-trim-used";
+    let mut c = test_config(net, None, &[]);
+    c.target_peers = 1;
+    c.max_connections = 8;
+    let hub = TestNode::start(c).await?;
+    let hub_addr = hub.addr().await?;
+    let query =
+        wire::encode(&CapacityQuery { v: PROTOCOL_VERSION, network: net.into(), query: String::new() });
+    let mut renters = Vec::new();
+    for i in 0..6 {
+        let renter = RpcPeer::start(adversary::key(70 + i), 4).await?;
+        // One after the other: each renter's use is later than the one before.
+        renter.request(Proto::Capacity, &hub_addr, query.clone()).await?.map_err(anyhow::Error::msg)?;
+        renters.push(renter);
+    }
+    wait_for("the hub to close two renters", Duration::from_secs(30), || async {
+        hub.handle().peers().await.is_ok_and(|p| p.len() == 4)
+    })
+    .await?;
+    let kept: BTreeSet<String> = hub.handle().peers().await?.into_iter().map(|p| p.peer_id).collect();
+    let latest: BTreeSet<String> = renters[2..].iter().map(|r| r.peer_id.to_string()).collect();
+    assert_eq!(kept, latest, "the four that asked last are kept");
+    assert_eq!(hub.metric_sum("gpumesh_peers_trimmed_total").await?, 2.0);
+    Ok(())
+}
+
 /// A connection is not closed for being above `target_peers` before its grace period (ten
 /// gossip heartbeats, at least 1 s) has passed: a new peer gets time to join the mesh.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

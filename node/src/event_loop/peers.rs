@@ -35,6 +35,13 @@ const MAX_BOOTSTRAP_BACKOFF: Duration = Duration::from_secs(86_400);
 /// Below this many gossip mesh peers a node looks for peers even when it holds
 /// `target_peers` connections (connections that keep themselves in use must not stop it).
 const MIN_MESH: usize = 4;
+/// How many peers in use (renters asking capacity, leasing or probed) are kept above
+/// `target_peers`: half of `max_connections`, so that at least half the slots always turn
+/// over, and never fewer than `target_peers`.
+fn used_peers_kept(settings: &Settings) -> usize {
+    (settings.max_connections as usize / 2).max(settings.target_peers)
+}
+
 /// How often a node that wants peers (see `wants_peers`) walks Kademlia again. (Kademlia's
 /// own periodic walk is off: a node at its target would reconnect to a score of peers every
 /// few minutes only to close them again, each asking it for a book sync.)
@@ -329,8 +336,12 @@ impl EventLoop {
     /// gossip mesh, past the grace period, no capacity, lease or probe traffic within the idle
     /// timeout (or the request timeout, if longer), and no request of ours waiting on them.
     /// The lowest gossip scores go first, then the newest connections (long-standing peers are
-    /// harder for an attacker to displace). Nothing is closed while a Kademlia query runs: a
-    /// bootstrap walk asks many peers in turn and would redial each one closed under it.
+    /// harder for an attacker to displace). Peers in use (renters) are kept, but only the
+    /// [`used_peers_kept`] most recently used: beyond them the least recently used are closed
+    /// too, after every idle one, so that peers which keep themselves in use (cheap to do for
+    /// many made-up identities) cannot hold every connection slot. Nothing is closed while a
+    /// Kademlia query runs: a bootstrap walk asks many peers in turn and would redial each one
+    /// closed under it.
     pub(super) fn trim_connections(&mut self) {
         let now = Instant::now();
         let used_window = self.settings.idle_connection_timeout.max(self.settings.request_timeout);
@@ -348,20 +359,31 @@ impl EventLoop {
         let busy = self.peers_waited_on();
         let gossipsub = &self.swarm.behaviour().gossipsub;
         let mesh: HashSet<&PeerId> = gossipsub.mesh_peers(&self.topic.hash()).collect();
-        let mut idle: Vec<(f64, Instant, PeerId)> = self
-            .swarm
-            .connected_peers()
-            .filter(|p| !mesh.contains(p) && !busy.contains(p) && !closing.contains(p))
+        let candidates = || {
+            self.swarm
+                .connected_peers()
+                .filter(|p| !mesh.contains(p) && !busy.contains(p) && !closing.contains(p))
+                .filter(|p| {
+                    self.peers.connected_at.get(p).is_some_and(|since| now.duration_since(*since) >= grace)
+                })
+        };
+        let mut idle: Vec<(f64, Instant, PeerId)> = candidates()
             .filter(|p| !self.peers.last_used.contains_key(p))
-            .filter_map(|p| {
-                let since = *self.peers.connected_at.get(p)?;
-                (now.duration_since(since) >= grace)
-                    .then(|| (gossipsub.peer_score(p).unwrap_or(0.0), since, *p))
-            })
+            .map(|p| (gossipsub.peer_score(p).unwrap_or(0.0), self.peers.connected_at[p], *p))
             .collect();
         idle.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)));
-        for (_, _, peer) in idle.into_iter().take(excess) {
-            tracing::debug!(peer = %peer, target = self.settings.target_peers, "closing an idle connection above target_peers");
+        // Peers in use, most recently used first; those past the cap are closed oldest use first.
+        let mut used: Vec<(Instant, PeerId)> =
+            candidates().filter_map(|p| Some((*self.peers.last_used.get(p)?, *p))).collect();
+        used.sort_by_key(|u| std::cmp::Reverse(u.0));
+        let over_cap = used
+            .into_iter()
+            .skip(used_peers_kept(&self.settings))
+            .rev()
+            .map(|(_, p)| (p, "in use, past the cap"));
+        let idle = idle.into_iter().map(|(_, _, p)| (p, "idle"));
+        for (peer, why) in idle.chain(over_cap).take(excess) {
+            tracing::debug!(peer = %peer, target = self.settings.target_peers, why, "closing a connection above target_peers");
             if self.swarm.disconnect_peer_id(peer).is_ok() {
                 self.peers.closing.insert(peer);
                 self.metrics.peers_trimmed.inc();
