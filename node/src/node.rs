@@ -11,6 +11,7 @@ use crate::lease_task::{LeaseCommand, LeaseTask, LeaseTaskParts, OfferedGroup};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 use gpumesh_protocol::{HostSpec, NodeId, Price};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -134,7 +135,7 @@ pub async fn start(data_dir: DataDir, config: NodeConfig) -> Result<RunningNode,
         tracing::info!(note = %n, "GPU inventory");
     }
     // Real GPUs another node on this host already offers are left out (inventory::claim).
-    let claimed = inventory::claim::claim(gpus, &settings.gpu_lock_dir);
+    let claimed = inventory::claim::claim(gpus, &settings.gpu_lock_dir, &me);
     for n in &claimed.notes {
         tracing::warn!(note = %n, "GPU locks");
     }
@@ -223,11 +224,17 @@ pub async fn start(data_dir: DataDir, config: NodeConfig) -> Result<RunningNode,
     let guard =
         AbortOnDrop(vec![api_task.abort_handle(), loop_task.abort_handle(), lease_join.abort_handle()]);
     let task = tokio::spawn(async move {
-        // Supervisor: waits for stop, then shuts down in order. The GPU locks go last, when
-        // the offers are withdrawn (or at once, in a crash).
-        let _gpu_claims = gpu_claims;
+        // Supervisor: waits for stop, then shuts down in order. The GPU locks go last, once
+        // the offers are withdrawn (or at once, in a crash, keeping this node's id in them).
         let _guard = guard;
-        let _ = stop_rx.await;
+        let mut stop_rx = stop_rx;
+        let mut touch = tokio::time::interval(GPU_LOCK_TOUCH);
+        loop {
+            tokio::select! {
+                _ = &mut stop_rx => break,
+                _ = touch.tick() => gpu_claims.touch(),
+            }
+        }
         tracing::info!("shutting down: withdrawing offers");
         let (tx, rx) = oneshot::channel();
         if lease_tx.send(LeaseCommand::Shutdown(tx)).await.is_ok() {
@@ -240,6 +247,14 @@ pub async fn start(data_dir: DataDir, config: NodeConfig) -> Result<RunningNode,
         let _ = api_stop_tx.send(());
         let _ = api_task.await;
         let _ = store.flush().await;
+        // GPUs under a lease that is still live stay this node's: its workload may run on.
+        let (leases, _) = store.provider_leases();
+        let leased: HashSet<String> = leases
+            .iter()
+            .filter(|l| l.state.is_live())
+            .flat_map(|l| l.gpus.iter().map(|g| g.uuid.clone()))
+            .collect();
+        gpu_claims.release(&leased);
         dd.remove_api_info();
         tracing::info!("stopped");
     });
@@ -256,6 +271,10 @@ pub async fn start(data_dir: DataDir, config: NodeConfig) -> Result<RunningNode,
         writer_thread: Some(writer_thread),
     })
 }
+
+/// How often a running node marks its GPU lock files as in use (cleaners of `/tmp` delete
+/// files untouched for days).
+const GPU_LOCK_TOUCH: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Aborts the node's tasks when the supervisor ends or is aborted (a crash in tests).
 struct AbortOnDrop(Vec<tokio::task::AbortHandle>);

@@ -177,7 +177,8 @@ async fn status_peers_offers_as_tables_and_json_and_the_api_wants_its_token() ->
 
 /// Two nodes on one machine (different data dirs, as a service and a manual run would be) see
 /// the same GPUs; only the first offers them, so no GPU can be leased through both. When it
-/// exits, its locks go with it and a node started next offers the GPUs again. The GPUs come
+/// stops cleanly (no lease live), a node started next offers the GPUs; when a node crashes,
+/// only that node may take them again. The GPUs come
 /// from a stand-in `nvidia-smi` on PATH (on a machine with NVML the real GPUs are used
 /// instead, with the same outcome).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,7 +217,18 @@ async fn two_nodes_on_one_host_never_offer_the_same_gpu() -> Result<()> {
 
     first.signal(15)?;
     first.wait_exit(Duration::from_secs(30)).await?;
+    let mut third = start("third")?;
+    assert_eq!(third.ready().await?.local_gpus, offered, "the first node let go of its GPUs on a clean stop");
+
+    // A node that crashes may leave leases running: its GPUs stay its own, for it alone to
+    // take back.
+    third.signal(9)?;
+    third.wait_exit(Duration::from_secs(30)).await?;
+    let fourth = start("fourth")?;
+    assert_eq!(fourth.ready().await?.local_gpus, 0, "a crashed node's GPUs are not taken over");
+    let log = std::fs::read_to_string(tmp.path().join("fourth.log"))?;
+    assert!(log.contains("which is not running"), "the fourth node says why: {log}");
     let third = start("third")?;
-    assert_eq!(third.ready().await?.local_gpus, offered, "the first node's locks went with it");
+    assert_eq!(third.ready().await?.local_gpus, offered, "the crashed node takes its GPUs back");
     Ok(())
 }
