@@ -15,6 +15,26 @@ use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// After the write of lease `failed` failed: removes from `queue` what must not happen
+/// about that lease (its timer, its start hook, a `Granted` event) and every reply, and
+/// returns the replies' tokens. Replies name no lease, but an input that makes replies
+/// concerns one lease only; an input about many leases (a restore) makes none, and the other
+/// leases' outputs stay.
+pub(super) fn drop_after_failed_write(queue: &mut VecDeque<ProviderOutput>, failed: LeaseId) -> Vec<u64> {
+    let mut tokens = Vec::new();
+    queue.retain(|o| match o {
+        ProviderOutput::Reply { token, .. } => {
+            tokens.push(*token);
+            false
+        }
+        ProviderOutput::ScheduleEnd { lease_id, .. } => *lease_id != failed,
+        ProviderOutput::RunStartHook(l) => l.lease_id != failed,
+        ProviderOutput::Event(ProviderEvent::Granted { lease_id, .. }) => *lease_id != failed,
+        _ => true,
+    });
+    tokens
+}
+
 impl LeaseTask {
     /// An inbound message on `/gpumesh/lease/1`.
     pub(super) async fn on_inbound(&mut self, token: u64, from: NodeId, bytes: &[u8]) {
@@ -57,18 +77,11 @@ impl LeaseTask {
                 if let Err(e) = self.store.persist_provider_lease(l).await {
                     tracing::error!(lease = %l.lease_id, error = %e, "could not persist a lease; failing it");
                     failed.insert(l.lease_id);
-                    // Drop what was to follow this write for this input (the grant above all),
-                    // and give the engine the streams of the dropped replies, so that each
-                    // still gets an answer (a reject) instead of waiting for its timeout.
+                    // Drop what was to follow this write (the grant above all), and give the
+                    // engine the streams of the dropped replies, so that each still gets an
+                    // answer (a reject) instead of waiting for its timeout.
                     let mut tokens: Vec<u64> = token.into_iter().collect();
-                    queue.retain(|o| match o {
-                        ProviderOutput::Reply { token, .. } => {
-                            tokens.push(*token);
-                            false
-                        }
-                        ProviderOutput::ScheduleEnd { .. } | ProviderOutput::RunStartHook(_) => false,
-                        _ => true,
-                    });
+                    tokens.extend(drop_after_failed_write(&mut queue, l.lease_id));
                     let more = self.provider.handle(
                         ProviderInput::PersistFailed {
                             lease_id: l.lease_id,

@@ -68,16 +68,11 @@ fn replies_sent(swarm: &mut mpsc::Receiver<Command>) -> BTreeMap<u64, LeaseRpcRe
     sent
 }
 
-/// The grant's write fails after the start hook succeeded (here: the store finds the GPU
-/// reserved under another lease). No grant may leave, and the request and the renter's
-/// held status question must each still get an answer, a `provider-error` reject, instead of
-/// waiting for the renter's timeout.
-#[tokio::test]
-async fn a_grant_whose_write_fails_after_the_start_hook_is_answered_with_a_reject() {
-    let mut rig = provider_with_a_start_hook();
+/// Sends the rig's provider a valid request for its one GPU (token 1); returns the renter's
+/// id and the lease as stored (starting: the start hook is configured).
+async fn request_the_gpu(rig: &mut Rig) -> (NodeId, gpumesh_protocol::lease::ProviderLease) {
     let groups = rig.task.advertiser.engine_groups();
     rig.task.provider_input(ProviderInput::SetGroups(groups), None).await;
-
     let renter = SigningKey::from_bytes(&[9; 32]);
     let renter_id = NodeId::from_bytes(renter.verifying_key().to_bytes());
     let request = envelope::seal(
@@ -103,6 +98,18 @@ async fn a_grant_whose_write_fails_after_the_start_hook_is_answered_with_a_rejec
     let (stored, _) = rig.store.provider_leases();
     let [lease] = &stored[..] else { panic!("one starting lease stored: {stored:?}") };
     assert_eq!(lease.state, gpumesh_protocol::lease::LeaseState::Starting);
+    (renter_id, lease.clone())
+}
+
+/// The grant's write fails after the start hook succeeded (here: the store finds the GPU
+/// reserved under another lease). No grant may leave, and the request and the renter's
+/// held status question must each still get an answer, a `provider-error` reject, instead of
+/// waiting for the renter's timeout.
+#[tokio::test]
+async fn a_grant_whose_write_fails_after_the_start_hook_is_answered_with_a_reject() {
+    let mut rig = provider_with_a_start_hook();
+    let (renter_id, lease) = request_the_gpu(&mut rig).await;
+    let lease = &lease;
     rig.task
         .provider_input(
             ProviderInput::Status { token: 2, from: renter_id, lease_id: lease.lease_id },
@@ -125,4 +132,37 @@ async fn a_grant_whose_write_fails_after_the_start_hook_is_answered_with_a_rejec
     }
     let (stored, _) = rig.store.provider_leases();
     assert_eq!(stored[0].state, gpumesh_protocol::lease::LeaseState::Failed, "the lease is failed on disk");
+}
+
+/// What the lease task drops after a failed write: every reply (handed back by token), and
+/// the failed lease's timer, start hook and `Granted` event, but nothing about other leases
+/// (a restore's failed write must not cost the other restored leases their expiry timers).
+#[tokio::test]
+async fn after_a_failed_write_only_the_failed_leases_outputs_and_the_replies_are_dropped() {
+    use gpumesh_protocol::lease::provider::{ProviderEvent, ProviderOutput};
+    let mut rig = provider_with_a_start_hook();
+    let (renter, failed) = request_the_gpu(&mut rig).await;
+    let other = LeaseId::from_bytes([1; 8]);
+    let at = crate::clock::now();
+    let mut queue: std::collections::VecDeque<ProviderOutput> = [
+        ProviderOutput::ScheduleEnd { lease_id: failed.lease_id, at },
+        ProviderOutput::RunStartHook(failed.clone()),
+        ProviderOutput::Event(ProviderEvent::Granted { lease_id: failed.lease_id, renter }),
+        ProviderOutput::Reply { token: 5, reply: LeaseRpcReply::Unknown },
+        ProviderOutput::ScheduleEnd { lease_id: other, at },
+        ProviderOutput::FreeCountChanged(rig.offer),
+        ProviderOutput::Event(ProviderEvent::Granted { lease_id: other, renter }),
+        ProviderOutput::Reply { token: 6, reply: LeaseRpcReply::Unknown },
+    ]
+    .into();
+    let tokens = super::provider::drop_after_failed_write(&mut queue, failed.lease_id);
+    assert_eq!(tokens, vec![5, 6]);
+    assert_eq!(
+        Vec::from(queue),
+        vec![
+            ProviderOutput::ScheduleEnd { lease_id: other, at },
+            ProviderOutput::FreeCountChanged(rig.offer),
+            ProviderOutput::Event(ProviderEvent::Granted { lease_id: other, renter }),
+        ]
+    );
 }
