@@ -104,8 +104,20 @@ impl LeaseTask {
             ProviderOutput::Persist(_) => unreachable!("persisted by the caller"),
             ProviderOutput::Reply { token, reply } => {
                 let bytes = wire::encode(&reply);
-                if self.swarm.try_send(Command::RespondLease { token, bytes }).is_err() {
-                    tracing::warn!(token, "could not hand a lease reply to the swarm");
+                match self.swarm.try_send(Command::RespondLease { token, bytes }) {
+                    Ok(()) => {}
+                    // The event loop is busy: hand the reply over when it has room, without
+                    // holding up this task (the event loop may itself be waiting on it).
+                    // Every stream gets its answer; replies to different streams need no order.
+                    Err(mpsc::error::TrySendError::Full(cmd)) => {
+                        let swarm = self.swarm.clone();
+                        tokio::spawn(async move {
+                            let _ = swarm.send(cmd).await;
+                        });
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        tracing::debug!(token, "the swarm is gone; a lease reply is dropped");
+                    }
                 }
             }
             ProviderOutput::RunStartHook(lease) => {
