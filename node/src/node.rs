@@ -139,7 +139,9 @@ pub async fn start(data_dir: DataDir, config: NodeConfig) -> Result<RunningNode,
     for n in &claimed.notes {
         tracing::warn!(note = %n, "GPU locks");
     }
-    let (gpus, gpu_claims) = (claimed.gpus, claimed.claims);
+    let gpus = claimed.gpus;
+    // Should the start fail from here on, the claims are released as on a clean stop.
+    let mut gpu_claims = ClaimsUntilStarted { claims: Some(claimed.claims), store: store.clone() };
     let facts = inventory::detect_host(data_dir.root());
     let host = HostSpec {
         cpu_cores: facts.cpu_cores,
@@ -223,6 +225,7 @@ pub async fn start(data_dir: DataDir, config: NodeConfig) -> Result<RunningNode,
     let dd = data_dir.clone();
     let guard =
         AbortOnDrop(vec![api_task.abort_handle(), loop_task.abort_handle(), lease_join.abort_handle()]);
+    let gpu_claims = gpu_claims.claims.take().unwrap_or_default();
     let task = tokio::spawn(async move {
         // Supervisor: waits for stop, then shuts down in order. The GPU locks go last, once
         // the offers are withdrawn (or at once, in a crash, keeping this node's id in them).
@@ -247,14 +250,7 @@ pub async fn start(data_dir: DataDir, config: NodeConfig) -> Result<RunningNode,
         let _ = api_stop_tx.send(());
         let _ = api_task.await;
         let _ = store.flush().await;
-        // GPUs under a lease that is still live stay this node's: its workload may run on.
-        let (leases, _) = store.provider_leases();
-        let leased: HashSet<String> = leases
-            .iter()
-            .filter(|l| l.state.is_live())
-            .flat_map(|l| l.gpus.iter().map(|g| g.uuid.clone()))
-            .collect();
-        gpu_claims.release(&leased);
+        gpu_claims.release(&live_leased_gpus(&store));
         dd.remove_api_info();
         tracing::info!("stopped");
     });
@@ -270,6 +266,28 @@ pub async fn start(data_dir: DataDir, config: NodeConfig) -> Result<RunningNode,
         workers: vec![loop_task, lease_join],
         writer_thread: Some(writer_thread),
     })
+}
+
+/// The GPUs under a provider lease that is still live: they stay this node's when it stops,
+/// since its workload may run on.
+fn live_leased_gpus(store: &Store) -> HashSet<String> {
+    let (leases, _) = store.provider_leases();
+    leases.iter().filter(|l| l.state.is_live()).flat_map(|l| l.gpus.iter().map(|g| g.uuid.clone())).collect()
+}
+
+/// GPU claims taken while a node starts: released (as on a clean stop) if the start fails
+/// before the node runs; taken out of here once it does.
+struct ClaimsUntilStarted {
+    claims: Option<inventory::claim::GpuClaims>,
+    store: Store,
+}
+
+impl Drop for ClaimsUntilStarted {
+    fn drop(&mut self) {
+        if let Some(claims) = self.claims.take() {
+            claims.release(&live_leased_gpus(&self.store));
+        }
+    }
 }
 
 /// How often a running node marks its GPU lock files as in use (cleaners of `/tmp` delete

@@ -198,14 +198,20 @@ async fn two_nodes_on_one_host_never_offer_the_same_gpu() -> Result<()> {
     let config = tmp.path().join("gpumesh.toml");
     std::fs::write(&config, format!("gpu_lock_dir = '{}'\n", tmp.path().join("locks").display()))?;
     let config = config.to_str().expect("a UTF-8 temp path");
-    let start = |name: &str| {
+    let start_with_api = |name: &str, api: &str| {
         Proc::node_with_env(
             &tmp.path().join(name),
-            "127.0.0.1:0",
+            api,
             &[("PATH", bin.as_os_str())],
             &["--network", "t-claim", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0", "--config", config],
         )
     };
+    let start = |name: &str| start_with_api(name, "127.0.0.1:0");
+
+    // A node that fails to start (its API port is taken) does not keep the GPUs it locked.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let mut failed = start_with_api("failed", &taken.local_addr()?.to_string())?;
+    assert_ne!(failed.wait_exit(Duration::from_secs(30)).await?, Some(0), "the API port was taken");
 
     let mut first = start("first")?;
     let offered = first.ready().await?.local_gpus;
