@@ -228,6 +228,17 @@ impl Store {
         self.gpus.insert(gpu.as_bytes(), holder.as_bytes().to_vec()).unwrap();
     }
 
+    /// Puts back `lease` as it was on disk (its record, and its GPUs reserved), as if a later
+    /// write of it had failed.
+    #[cfg(test)]
+    pub(crate) fn put_back_for_test(&self, lease: &ProviderLease) {
+        let key = lease.lease_id.as_bytes().to_vec();
+        self.p_leases.insert(&key[..], gpumesh_protocol::envelope::encode_body(lease)).unwrap();
+        for g in &lease.gpus {
+            self.reserve_gpu_for_test(&g.uuid, &lease.lease_id);
+        }
+    }
+
     /// Writes a provider lease and its GPU reservations atomically, then flushes. A live
     /// lease (starting or active) reserves its GPUs; a finished one releases them.
     pub async fn persist_provider_lease(&self, lease: &ProviderLease) -> Result<(), StoreError> {

@@ -4,6 +4,7 @@
 use super::{Internal, LeaseTask, Timer};
 use crate::config::Settings;
 use crate::handle::Command;
+use crate::store::StoreError;
 use gpumesh_protocol::lease::GpuUnit;
 use gpumesh_protocol::lease::provider::{GpuGroup, ProviderEvent, ProviderInput, ProviderOutput};
 use gpumesh_protocol::wire::{self, LeaseRpc};
@@ -74,7 +75,7 @@ impl LeaseTask {
                     let _ = self.store.persist_provider_lease(l).await;
                     continue;
                 }
-                if let Err(e) = self.store.persist_provider_lease(l).await {
+                if let Err(e) = self.persist_lease(l).await {
                     tracing::error!(lease = %l.lease_id, error = %e, "could not persist a lease; failing it");
                     failed.insert(l.lease_id);
                     // Drop what was to follow this write (the grant above all), and give the
@@ -97,6 +98,25 @@ impl LeaseTask {
             }
             self.carry_out(o);
         }
+    }
+
+    /// Writes a lease. A live lease may find one of its GPUs still reserved on disk by a
+    /// lease this engine has already ended, when the write that ended it failed (the engine
+    /// frees the GPUs regardless): that end is written now and the write tried once more, so
+    /// a failed write does not keep the GPU from being leased until a restart. (`&mut self`
+    /// only so that the task's future stays `Send`.)
+    async fn persist_lease(&mut self, l: &gpumesh_protocol::lease::ProviderLease) -> Result<(), StoreError> {
+        let result = self.store.persist_provider_lease(l).await;
+        let Err(StoreError::AlreadyReserved { holder, .. }) = &result else { return result };
+        let ended = holder
+            .parse::<LeaseId>()
+            .ok()
+            .and_then(|id| self.provider.lease(&id))
+            .filter(|h| !h.state.is_live());
+        let Some(ended) = ended.cloned() else { return result };
+        tracing::warn!(lease = %ended.lease_id, "writing the end of a lease whose earlier write failed");
+        self.store.persist_provider_lease(&ended).await?;
+        self.store.persist_provider_lease(l).await
     }
 
     fn carry_out(&mut self, o: ProviderOutput) {

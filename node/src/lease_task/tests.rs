@@ -19,9 +19,9 @@ struct Rig {
     _commands: mpsc::Sender<LeaseCommand>,
 }
 
-/// A provider's lease task with one simulated GPU and a start hook configured (the hook
-/// program is never waited for: the test feeds the hook's end itself).
-fn provider_with_a_start_hook() -> Rig {
+/// A provider's lease task with one simulated GPU on offer and a start hook configured (the
+/// hook program is never waited for: the test feeds the hook's end itself).
+async fn provider_with_a_start_hook() -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let mut config = NodeConfig::default();
     config.hooks.on_lease_start = Some(dir.path().join("no-such-hook"));
@@ -53,7 +53,10 @@ fn provider_with_a_start_hook() -> Rig {
         commands,
     });
     let offer = task.advertiser.engine_groups()[0].offer_id;
-    Rig { task, swarm, store, offer, price, _dir: dir, _commands: commands_tx }
+    let mut rig = Rig { task, swarm, store, offer, price, _dir: dir, _commands: commands_tx };
+    let groups = rig.task.advertiser.engine_groups();
+    rig.task.provider_input(ProviderInput::SetGroups(groups), None).await;
+    rig
 }
 
 /// Every lease reply handed to the swarm so far, by token.
@@ -68,11 +71,13 @@ fn replies_sent(swarm: &mut mpsc::Receiver<Command>) -> BTreeMap<u64, LeaseRpcRe
     sent
 }
 
-/// Sends the rig's provider a valid request for its one GPU (token 1); returns the renter's
-/// id and the lease as stored (starting: the start hook is configured).
-async fn request_the_gpu(rig: &mut Rig) -> (NodeId, gpumesh_protocol::lease::ProviderLease) {
-    let groups = rig.task.advertiser.engine_groups();
-    rig.task.provider_input(ProviderInput::SetGroups(groups), None).await;
+/// Sends the rig's provider a valid request for its one GPU on stream `token`; returns the
+/// renter's id and the lease as stored (starting: the start hook is configured).
+async fn request_the_gpu(
+    rig: &mut Rig,
+    nonce: u8,
+    token: u64,
+) -> (NodeId, gpumesh_protocol::lease::ProviderLease) {
     let renter = SigningKey::from_bytes(&[9; 32]);
     let renter_id = NodeId::from_bytes(renter.verifying_key().to_bytes());
     let request = envelope::seal(
@@ -87,18 +92,19 @@ async fn request_the_gpu(rig: &mut Rig) -> (NodeId, gpumesh_protocol::lease::Pro
             duration_s: 600,
             price: rig.price,
             max_price: rig.price,
-            nonce: Nonce([1; 16]),
+            nonce: Nonce([nonce; 16]),
             issued_at: crate::clock::now(),
             ssh_key: None,
         },
     );
     rig.task
-        .provider_input(ProviderInput::Request { token: 1, from: renter_id, bytes: &request }, Some(1))
+        .provider_input(ProviderInput::Request { token, from: renter_id, bytes: &request }, Some(token))
         .await;
+    let id = LeaseId::derive(&rig.task.me, &renter_id, &[nonce; 16]);
     let (stored, _) = rig.store.provider_leases();
-    let [lease] = &stored[..] else { panic!("one starting lease stored: {stored:?}") };
+    let lease = stored.into_iter().find(|l| l.lease_id == id).expect("the lease is stored");
     assert_eq!(lease.state, gpumesh_protocol::lease::LeaseState::Starting);
-    (renter_id, lease.clone())
+    (renter_id, lease)
 }
 
 /// The grant's write fails after the start hook succeeded (here: the store finds the GPU
@@ -107,8 +113,8 @@ async fn request_the_gpu(rig: &mut Rig) -> (NodeId, gpumesh_protocol::lease::Pro
 /// waiting for the renter's timeout.
 #[tokio::test]
 async fn a_grant_whose_write_fails_after_the_start_hook_is_answered_with_a_reject() {
-    let mut rig = provider_with_a_start_hook();
-    let (renter_id, lease) = request_the_gpu(&mut rig).await;
+    let mut rig = provider_with_a_start_hook().await;
+    let (renter_id, lease) = request_the_gpu(&mut rig, 1, 1).await;
     let lease = &lease;
     rig.task
         .provider_input(
@@ -140,8 +146,8 @@ async fn a_grant_whose_write_fails_after_the_start_hook_is_answered_with_a_rejec
 #[tokio::test]
 async fn after_a_failed_write_only_the_failed_leases_outputs_and_the_replies_are_dropped() {
     use gpumesh_protocol::lease::provider::{ProviderEvent, ProviderOutput};
-    let mut rig = provider_with_a_start_hook();
-    let (renter, failed) = request_the_gpu(&mut rig).await;
+    let mut rig = provider_with_a_start_hook().await;
+    let (renter, failed) = request_the_gpu(&mut rig, 1, 1).await;
     let other = LeaseId::from_bytes([1; 8]);
     let at = crate::clock::now();
     let mut queue: std::collections::VecDeque<ProviderOutput> = [
@@ -165,4 +171,30 @@ async fn after_a_failed_write_only_the_failed_leases_outputs_and_the_replies_are
             ProviderOutput::Event(ProviderEvent::Granted { lease_id: other, renter }),
         ]
     );
+}
+
+/// The write that ends a lease fails (here: the hook failed and the failed lease's write is
+/// undone), so the disk still holds the GPU for it while the engine has freed it. The next
+/// lease on that GPU writes the old lease's end first and goes ahead, instead of failing with
+/// the GPU "already reserved" until the node restarts.
+#[tokio::test]
+async fn a_reservation_left_by_an_unwritten_end_does_not_block_the_next_lease() {
+    let mut rig = provider_with_a_start_hook().await;
+    let (_, first) = request_the_gpu(&mut rig, 1, 1).await;
+    rig.task
+        .provider_input(
+            ProviderInput::HookDone { lease_id: first.lease_id, result: Err("boom".into()) },
+            None,
+        )
+        .await;
+    assert_eq!(replies_sent(&mut rig.swarm).len(), 1, "the first request is rejected");
+    rig.store.put_back_for_test(&first);
+
+    let (_, second) = request_the_gpu(&mut rig, 2, 2).await;
+    assert!(replies_sent(&mut rig.swarm).is_empty(), "the second request waits for its hook, not rejected");
+    let gpu = second.gpus[0].uuid.clone();
+    assert_eq!(rig.store.reservations(), vec![(gpu, second.lease_id.to_string())]);
+    let (stored, _) = rig.store.provider_leases();
+    let first_now = stored.iter().find(|l| l.lease_id == first.lease_id).expect("first lease");
+    assert_eq!(first_now.state, gpumesh_protocol::lease::LeaseState::Failed, "its end is on disk now");
 }
