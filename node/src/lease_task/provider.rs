@@ -17,10 +17,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// After the write of lease `failed` failed: removes from `queue` what must not happen
-/// about that lease (its timer, its start hook, a `Granted` event) and every reply, and
-/// returns the replies' tokens. Replies name no lease, but an input that makes replies
-/// concerns one lease only; an input about many leases (a restore) makes none, and the other
-/// leases' outputs stay.
+/// about that lease (its timer, its start hook, a `Granted` event), every reply and every
+/// `Rejected` event, and returns the replies' tokens (the engine answers each again, and
+/// counts its rejects then). Replies name no lease, but an input that makes replies concerns
+/// one lease only; an input about many leases (a restore) makes none, and the other leases'
+/// outputs stay.
 pub(super) fn drop_after_failed_write(queue: &mut VecDeque<ProviderOutput>, failed: LeaseId) -> Vec<u64> {
     let mut tokens = Vec::new();
     queue.retain(|o| match o {
@@ -31,6 +32,7 @@ pub(super) fn drop_after_failed_write(queue: &mut VecDeque<ProviderOutput>, fail
         ProviderOutput::ScheduleEnd { lease_id, .. } => *lease_id != failed,
         ProviderOutput::RunStartHook(l) => l.lease_id != failed,
         ProviderOutput::Event(ProviderEvent::Granted { lease_id, .. }) => *lease_id != failed,
+        ProviderOutput::Event(ProviderEvent::Rejected { .. }) => false,
         _ => true,
     });
     tokens

@@ -140,8 +140,9 @@ async fn a_grant_whose_write_fails_after_the_start_hook_is_answered_with_a_rejec
     assert_eq!(stored[0].state, gpumesh_protocol::lease::LeaseState::Failed, "the lease is failed on disk");
 }
 
-/// What the lease task drops after a failed write: every reply (handed back by token), and
-/// the failed lease's timer, start hook and `Granted` event, but nothing about other leases
+/// What the lease task drops after a failed write: every reply (handed back by token) and
+/// `Rejected` event (the engine rejects again, and counts that), and the failed lease's timer,
+/// start hook and `Granted` event, but nothing about other leases
 /// (a restore's failed write must not cost the other restored leases their expiry timers).
 #[tokio::test]
 async fn after_a_failed_write_only_the_failed_leases_outputs_and_the_replies_are_dropped() {
@@ -155,6 +156,11 @@ async fn after_a_failed_write_only_the_failed_leases_outputs_and_the_replies_are
         ProviderOutput::RunStartHook(failed.clone()),
         ProviderOutput::Event(ProviderEvent::Granted { lease_id: failed.lease_id, renter }),
         ProviderOutput::Reply { token: 5, reply: LeaseRpcReply::Unknown },
+        ProviderOutput::Event(ProviderEvent::Rejected {
+            renter: Some(renter),
+            reason: RejectReason::ProviderError,
+            detail: "hook failed".into(),
+        }),
         ProviderOutput::ScheduleEnd { lease_id: other, at },
         ProviderOutput::FreeCountChanged(rig.offer),
         ProviderOutput::Event(ProviderEvent::Granted { lease_id: other, renter }),
