@@ -758,3 +758,122 @@ fn a_restored_request_is_asked_about_until_the_provider_answers_or_no_lease_coul
 fn outs_status(id: LeaseId) -> Vec<RenterOutput> {
     vec![RenterOutput::Send { provider: id_of(&key(100)), lease_id: id, rpc: LeaseRpc::Status(id) }]
 }
+
+/// A granted lease (one GPU of `g`, 600 s) between a renter engine and `p`.
+fn granted_lease(r: &mut RenterEngine, p: &mut ProviderEngine, g: &GpuGroup, nonce: u8) -> LeaseId {
+    let outs = r.handle(RenterInput::Lease(one_gpu_ask(g, nonce)), NOW).unwrap();
+    let RenterOutput::Persist(l) = &outs[0] else { panic!("{outs:?}") };
+    let lease_id = l.lease_id;
+    assert_eq!(exchange(r, p, outs, NOW), vec![RenterEvent::Granted(lease_id)]);
+    lease_id
+}
+
+/// The provider's receipt for releasing `lease_id` at `at`, as sent.
+fn receipt_of_release(
+    r: &mut RenterEngine,
+    p: &mut ProviderEngine,
+    lease_id: LeaseId,
+    at: Timestamp,
+) -> Bytes {
+    let outs = r.handle(RenterInput::Release { lease_id }, at).unwrap();
+    let [RenterOutput::Send { rpc: LeaseRpc::Release(b), .. }] = &outs[..] else { panic!("{outs:?}") };
+    let pout = p.handle(ProviderInput::Release { token: 0, from: id_of(&key(1)), bytes: &b.0 }, at);
+    let LeaseRpcReply::Receipt(receipt) = reply_of(&pout) else { panic!("{pout:?}") };
+    receipt.clone()
+}
+
+/// A receipt settles the lease as granted. One signed by the provider that charges another
+/// price, names more GPUs, or runs past the granted end (its amount always matching its own
+/// figures) is refused, and the lease stays active; the provider's true receipt then ends it.
+#[test]
+fn a_receipt_that_does_not_settle_the_lease_as_granted_is_refused() {
+    let (mut p, g) = provider(2, false);
+    let mut r = renter_engine();
+    let lease_id = granted_lease(&mut r, &mut p, &g, 20);
+    let at = NOW.plus_millis(60_000);
+    let genuine = receipt_of_release(&mut r, &mut p, lease_id, at);
+    let body = envelope::open::<UsageReceipt>(&genuine.0).unwrap().into_body();
+    let forge = |f: &dyn Fn(&mut UsageReceipt)| {
+        let mut b = body.clone();
+        f(&mut b);
+        b.amount = b.price.cost(b.gpu_uuids.len() as u32, b.end.millis_since(b.start));
+        Bytes(envelope::seal(&key(100), &b))
+    };
+    let forged: Vec<(&str, Bytes)> = vec![
+        ("ten times the price", forge(&|b| b.price = Price(b.price.0 * 10))),
+        ("a GPU it never granted", forge(&|b| b.gpu_uuids.push("GPU-1".into()))),
+        ("past the granted end", forge(&|b| b.end = b.end.plus_millis(3_600_000))),
+        ("before the granted start", forge(&|b| b.start = Timestamp(b.start.0 - 1))),
+        ("another offer", forge(&|b| b.offer_id = OfferId::from_bytes([7; 8]))),
+    ];
+    for (what, receipt) in forged {
+        let out =
+            r.handle(RenterInput::Reply { lease_id, reply: LeaseRpcReply::Receipt(receipt) }, at).unwrap();
+        assert!(matches!(&out[..], [RenterOutput::Event(RenterEvent::BadReply { .. })]), "{what}: {out:?}");
+        assert_eq!(r.lease(&lease_id).unwrap().state, LeaseState::Active, "{what}");
+    }
+    let out = r.handle(RenterInput::Reply { lease_id, reply: LeaseRpcReply::Receipt(genuine) }, at).unwrap();
+    assert!(out.contains(&RenterOutput::Event(RenterEvent::Ended { lease_id, state: LeaseState::Released })));
+}
+
+/// The grant is lost and the lease has ended by the time the renter asks: the receipt is the
+/// request's answer (the lease ended, not failed). A receipt that does not match fails the
+/// request instead of leaving it waiting for an answer that will not come.
+#[test]
+fn a_request_answered_by_a_receipt_ends_and_a_bad_receipt_fails_it() {
+    let (mut p, g) = provider(2, false);
+    let mut r = renter_engine();
+    let outs = r.handle(RenterInput::Lease(one_gpu_ask(&g, 21)), NOW).unwrap();
+    let RenterOutput::Send { lease_id, rpc: LeaseRpc::Request(req), .. } = outs[1].clone() else { panic!() };
+    p.handle(ProviderInput::Request { token: 0, from: id_of(&key(1)), bytes: &req.0 }, NOW); // answer lost
+    let later = NOW.plus_millis(700_000);
+    p.handle(ProviderInput::Timer { lease_id }, later);
+    let outs = r.handle(RenterInput::SendFailed { lease_id, error: "timeout".into() }, later).unwrap();
+    assert_eq!(
+        exchange(&mut r, &mut p, outs, later),
+        vec![RenterEvent::Ended { lease_id, state: LeaseState::Expired }]
+    );
+    assert!(r.lease(&lease_id).unwrap().receipt.is_some());
+
+    // Another request; the provider answers it with a receipt that is not for it.
+    let outs = r.handle(RenterInput::Lease(one_gpu_ask(&g, 22)), NOW).unwrap();
+    let RenterOutput::Send { lease_id: second, .. } = outs[1].clone() else { panic!() };
+    let other = r.lease(&lease_id).unwrap().receipt.clone().unwrap();
+    let out =
+        r.handle(RenterInput::Reply { lease_id: second, reply: LeaseRpcReply::Receipt(other) }, NOW).unwrap();
+    assert!(out.iter().any(|o| matches!(o, RenterOutput::Event(RenterEvent::Failed { .. }))), "{out:?}");
+    assert_eq!(r.lease(&second).unwrap().state, LeaseState::Failed);
+}
+
+/// A renter that was down from before a lease's end until past the receipt grace still asks
+/// the provider for the receipt once before it records the lease as ended without one.
+#[test]
+fn a_renter_down_through_the_grace_period_asks_for_the_receipt_before_giving_up() {
+    let (mut p, g) = provider(1, false);
+    let mut r = renter_engine();
+    let lease_id = granted_lease(&mut r, &mut p, &g, 23);
+    let stored = r.lease(&lease_id).unwrap().clone();
+    let end = stored.end.unwrap();
+    let mut restarted = renter_engine();
+    restarted.handle(RenterInput::Restore(vec![stored]), NOW).unwrap();
+    let long_after = end.plus_millis(3_600_000); // far past the 60 s grace
+    p.handle(ProviderInput::Timer { lease_id }, end);
+    let outs = restarted.handle(RenterInput::Timer { lease_id }, long_after).unwrap();
+    assert_eq!(
+        outs,
+        vec![RenterOutput::Send { provider: id_of(&key(100)), lease_id, rpc: LeaseRpc::Status(lease_id) }]
+    );
+    let events = exchange(&mut restarted, &mut p, outs, long_after);
+    assert_eq!(events, vec![RenterEvent::Ended { lease_id, state: LeaseState::Expired }]);
+    assert!(restarted.lease(&lease_id).unwrap().receipt.is_some(), "the receipt was kept");
+
+    // Asked once and still no receipt: the next check past the grace gives up.
+    let lease_id = granted_lease(&mut restarted, &mut p, &g, 24);
+    let end = restarted.lease(&lease_id).unwrap().end.unwrap();
+    let late = end.plus_millis(3_600_000);
+    let outs = restarted.handle(RenterInput::Timer { lease_id }, late).unwrap();
+    assert!(matches!(&outs[..], [RenterOutput::Send { rpc: LeaseRpc::Status(_), .. }]), "{outs:?}");
+    restarted.handle(RenterInput::SendFailed { lease_id, error: "unreachable".into() }, late).unwrap();
+    assert_eq!(restarted.lease(&lease_id).unwrap().state, LeaseState::Expired);
+    assert!(restarted.lease(&lease_id).unwrap().receipt.is_none());
+}

@@ -152,6 +152,9 @@ impl LeaseTask {
             RenterEvent::Ended { lease_id, state } => {
                 tracing::info!(lease = %lease_id, state = state.as_str(), "lease ended");
                 self.metrics.lease("renter", state.as_str());
+                // A lease whose grant was lost and that had ended by the time the provider was
+                // asked: its caller is still waiting, and this is its answer.
+                self.answer_grant(lease_id);
                 if let Some(v) = self.renter_view(&lease_id) {
                     self.answer_release(lease_id, |_| Ok(v.clone()));
                 }

@@ -204,3 +204,83 @@ async fn a_reservation_left_by_an_unwritten_end_does_not_block_the_next_lease() 
     let first_now = stored.iter().find(|l| l.lease_id == first.lease_id).expect("first lease");
     assert_eq!(first_now.state, gpumesh_protocol::lease::LeaseState::Failed, "its end is on disk now");
 }
+
+/// A renter whose request's answer was lost asks `status`; by then the lease has ended, and
+/// the provider answers with its receipt. The API call waiting on the lease gets that answer
+/// (the lease, ended) instead of waiting for good.
+#[tokio::test]
+async fn a_lease_call_whose_grant_was_lost_is_answered_by_the_receipt() {
+    use gpumesh_protocol::bytes::Bytes;
+    use gpumesh_protocol::lease::messages::{EndReason, UsageReceipt};
+    use gpumesh_protocol::{Offer, OfferId, Timestamp, Verified};
+    let mut rig = provider_with_a_start_hook().await;
+    let provider_key = SigningKey::from_bytes(&[8; 32]);
+    let provider = NodeId::from_bytes(provider_key.verifying_key().to_bytes());
+    let gpus = crate::inventory::simulate("H100-SXM-80GB:1", &[8; 32]).unwrap();
+    let spec = crate::inventory::group(&gpus).remove(0).0;
+    let now = crate::clock::now();
+    let offer = Offer {
+        v: PROTOCOL_VERSION,
+        network: rig.task.settings.network.clone(),
+        offer_id: OfferId::derive(&provider, &spec.group_key()),
+        provider,
+        seq: 1,
+        issued_at: now,
+        expires_at: now.plus_millis(600_000),
+        gpu: spec,
+        gpu_total: 1,
+        gpu_free: 1,
+        host: gpumesh_protocol::HostSpec {
+            cpu_cores: 8,
+            ram_mib: 65536,
+            disk_gib: 100,
+            region: "test".into(),
+        },
+        price: rig.price,
+        min_duration_s: 60,
+        max_duration_s: 3600,
+        addrs: Vec::new(),
+    };
+    let offer = Verified::seal(&provider_key, offer);
+    let params =
+        LeaseParams { offer: offer.clone(), gpus: 1, duration_s: 600, max_price: None, ssh_key: None };
+    let (tx, mut answer) = oneshot::channel();
+    rig.task.handle_command(LeaseCommand::Lease(Box::new(params), tx)).await;
+    let lease_id = loop {
+        match rig.swarm.try_recv() {
+            Ok(Command::SendLease { lease_id, .. }) => break lease_id,
+            Ok(_) => continue,
+            Err(e) => panic!("no lease request was sent: {e}"),
+        }
+    };
+    rig.task.handle_command(LeaseCommand::Reply { lease_id, result: Err("connection closed".into()) }).await;
+    assert!(
+        matches!(rig.swarm.try_recv(), Ok(Command::SendLease { lease_id: id, .. }) if id == lease_id),
+        "the renter asks status"
+    );
+
+    let end = Timestamp(now.0.saturating_sub(1_000));
+    let start = Timestamp(end.0 - 600_000);
+    let receipt = UsageReceipt {
+        v: PROTOCOL_VERSION,
+        network: rig.task.settings.network.clone(),
+        lease_id,
+        provider,
+        renter: rig.task.me,
+        offer_id: offer.body().offer_id,
+        gpu_uuids: vec!["GPU-x".into()],
+        start,
+        end,
+        price: rig.price,
+        amount: rig.price.cost(1, end.millis_since(start)),
+        ended_by: EndReason::Expired,
+    };
+    let reply = LeaseRpcReply::Receipt(Bytes(envelope::seal(&provider_key, &receipt)));
+    rig.task.handle_command(LeaseCommand::Reply { lease_id, result: Ok(wire::encode(&reply)) }).await;
+    let view = tokio::time::timeout(std::time::Duration::from_secs(10), &mut answer)
+        .await
+        .expect("the lease call is answered")
+        .expect("the task kept the waiter")
+        .expect("the lease is reported, not an error");
+    assert_eq!(view.state, "expired");
+}

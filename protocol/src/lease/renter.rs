@@ -147,6 +147,10 @@ pub struct RenterEngine {
     /// the engine keeps asking `status` until the provider answers or no lease made from the
     /// request could still be running.
     recovering: HashSet<LeaseId>,
+    /// Active leases past their end that were asked `status` since this engine started: one
+    /// is given up without a receipt only after the provider was asked at least once (a
+    /// renter that was down through the grace period still asks).
+    receipt_asked: HashSet<LeaseId>,
     /// Decompressed keys of providers (a cache, hence shared mutability behind `&self`).
     keys: RefCell<KeyCache>,
 }
@@ -163,6 +167,7 @@ impl RenterEngine {
             status_asked: HashSet::new(),
             resent: HashSet::new(),
             recovering: HashSet::new(),
+            receipt_asked: HashSet::new(),
             keys: RefCell::new(KeyCache::new(4096)),
         }
     }
@@ -237,6 +242,8 @@ impl RenterEngine {
         self.recovering.retain(requested);
         self.status_asked.retain(requested);
         self.resent.retain(requested);
+        let active = |id: &LeaseId| leases.get(id).is_some_and(|l| l.state == LeaseState::Active);
+        self.receipt_asked.retain(active);
         Ok(out)
     }
 
@@ -319,11 +326,32 @@ impl RenterEngine {
         if ok { Ok(g) } else { Err("grant does not match the request".into()) }
     }
 
+    /// A receipt must settle this lease as it was granted: same offer, price and GPUs, within
+    /// the granted time (or, when no grant reached us, as many GPUs and no longer than we
+    /// asked for), with the amount its own figures give.
     fn check_receipt(&self, l: &RenterLease, bytes: &[u8]) -> Result<Verified<UsageReceipt>, String> {
         let r = self.open_from::<UsageReceipt>(&l.provider, bytes)?;
+        let sorted = |v: &[String]| {
+            let mut v = v.to_vec();
+            v.sort();
+            v
+        };
+        let as_granted = match (l.start, l.end) {
+            (Some(start), Some(end)) if l.grant.is_some() => {
+                sorted(&r.gpu_uuids) == sorted(&l.gpu_uuids) && r.start >= start && r.end <= end
+            }
+            _ => {
+                r.gpu_uuids.len() == l.gpus as usize
+                    && r.end.millis_since(r.start) <= l.duration_s.saturating_mul(1000)
+            }
+        };
         let ok = r.lease_id == l.lease_id
             && r.renter == self.me
             && r.network == self.config.network
+            && r.offer_id == l.offer_id
+            && r.price == l.price
+            && r.start <= r.end
+            && as_granted
             && r.amount == r.price.cost(r.gpu_uuids.len() as u32, r.end.millis_since(r.start));
         if ok { Ok(r) } else { Err("receipt does not match the lease".into()) }
     }
@@ -395,6 +423,11 @@ impl RenterEngine {
                     l.receipt = Some(b);
                     out.push(RenterOutput::Persist(l.clone()));
                     out.push(RenterOutput::Event(RenterEvent::Ended { lease_id, state: l.state }));
+                }
+                // A request that brings a bad receipt has no other answer coming: fail it, as a
+                // bad grant would. An active lease keeps running.
+                Err(why) if state == LeaseState::Requested => {
+                    self.fail(lease_id, format!("provider sent a bad receipt: {why}"), out)
                 }
                 Err(why) => out.push(RenterOutput::Event(RenterEvent::BadReply {
                     lease_id,
@@ -547,9 +580,12 @@ impl RenterEngine {
         let end = l.end.unwrap_or(now);
         if now < end {
             out.push(RenterOutput::ScheduleTimer { lease_id, at: end });
-        } else if now >= end.plus_millis(self.config.receipt_grace_ms) {
+        } else if now >= end.plus_millis(self.config.receipt_grace_ms)
+            && self.receipt_asked.contains(&lease_id)
+        {
             self.finish_without_receipt(lease_id, "no receipt arrived in time", out);
         } else {
+            self.receipt_asked.insert(lease_id);
             out.push(RenterOutput::Send { provider: l.provider, lease_id, rpc: LeaseRpc::Status(lease_id) });
         }
     }
