@@ -105,6 +105,20 @@ impl Invalid {
         }
     }
 
+    /// Whether the verdict depends on the receiving node (its clock, its `max_offer_ttl`, the
+    /// offers its book holds) rather than on the message alone. An honest relay, whose clock,
+    /// settings or book differ, may have judged the same message valid: only the message's
+    /// own signer is to blame for one of these (see `docs/protocol.md` §6).
+    pub fn depends_on_receiver(&self) -> bool {
+        matches!(
+            self,
+            Invalid::IssuedInFuture { .. }
+                | Invalid::IssuedTooLongAgo { .. }
+                | Invalid::ExpiryTooFarAhead { .. }
+                | Invalid::NotOwner
+        )
+    }
+
     /// Whether the sender is at fault. `false` for messages that are merely late, repeated
     /// or over a local cap: a node ignores those without penalising anyone, because honest
     /// peers forward them too (gossip races, an offer that expired in flight).

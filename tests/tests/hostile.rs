@@ -6,7 +6,9 @@
 //! nothing reaches A's or B's book; B never sees it (A forwarded nothing); and the rogue's
 //! gossipsub score at A falls below zero until A disconnects and blocks it. Late or repeated
 //! messages (`expired`, `stale_sequence`) are *ignored* instead: not stored, not forwarded,
-//! and not penalised — honest relays forward such messages too.
+//! and not penalised — honest relays forward such messages too. So are messages whose fault
+//! depends on A's clock or book (issued in the future, a withdrawal of A's offer) when the
+//! rogue only relays them, signed by someone else: an honest relay may have judged them valid.
 
 use anyhow::{Context, Result, bail};
 use gpumesh_protocol::envelope::{self, RawEnvelope};
@@ -31,6 +33,8 @@ struct Ctx {
     victim: NodeId,
     /// Node A's own offer, which the rogue tries to withdraw.
     a_offer: OfferId,
+    /// A third party whose messages the rogue relays.
+    author: SigningKey,
 }
 
 /// One kind of bad message: the outcome A must report, and a generator of distinct instances
@@ -209,6 +213,23 @@ const REJECTED: &[Case] = &[
     Case { name: "unknown envelope kind", result: "rejected", reason: "unknown_kind", make: unknown_kind },
 ];
 
+fn relayed_issued_in_future(c: &Ctx, i: u64) -> Vec<u8> {
+    let o = offer_for(&c.author, NET, &format!("RELAYED-FUTURE-{i}"), 1 + i, c.now.plus_millis(3_600_000));
+    envelope::seal(&c.author, &o)
+}
+
+fn relayed_withdrawal_of_someone_elses_offer(c: &Ctx, i: u64) -> Vec<u8> {
+    let w = Withdrawal {
+        v: PROTOCOL_VERSION,
+        network: NET.into(),
+        offer_id: c.a_offer,
+        provider: adversary::node_id(&c.author),
+        seq: 1_000 + i,
+        issued_at: c.now,
+    };
+    envelope::seal(&c.author, &w)
+}
+
 fn stale_sequence(c: &Ctx, i: u64) -> Vec<u8> {
     envelope::seal(&c.rogue, &offer_for(&c.rogue, NET, "STALE", 1 + i, c.now))
 }
@@ -227,6 +248,18 @@ const IGNORED: &[Case] = &[
         make: stale_sequence,
     },
     Case { name: "expired", result: "ignored", reason: "expired", make: expired },
+    Case {
+        name: "relayed: issued an hour in the future, signed by another",
+        result: "ignored",
+        reason: "issued_in_future",
+        make: relayed_issued_in_future,
+    },
+    Case {
+        name: "relayed: another's withdrawal of A's offer",
+        result: "ignored",
+        reason: "not_owner",
+        make: relayed_withdrawal_of_someone_elses_offer,
+    },
 ];
 
 /// The newest seq of the offer the stale-sequence rogue publishes validly first.
@@ -354,8 +387,13 @@ async fn every_kind_of_bad_gossip_is_refused_not_stored_not_forwarded_and_the_se
     let mut failures = Vec::new();
     let mut rogues = Vec::new();
     for (i, case) in REJECTED.iter().chain(IGNORED).enumerate() {
-        let ctx =
-            Ctx { now: gpumesh_node::clock::now(), rogue: adversary::key(1_000 + i as u64), victim, a_offer };
+        let ctx = Ctx {
+            now: gpumesh_node::clock::now(),
+            rogue: adversary::key(1_000 + i as u64),
+            victim,
+            a_offer,
+            author: adversary::key(2_000 + i as u64),
+        };
         rogues.push((case, adversary::node_id(&ctx.rogue).to_string()));
         let r = if case.result == "rejected" {
             rejected_case(&a, &a_addr, &ctx, case).await

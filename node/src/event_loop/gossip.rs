@@ -34,7 +34,7 @@ impl EventLoop {
                 self.metrics.gossip("accepted", "ok");
                 MessageAcceptance::Accept
             }
-            Err(e) if e.is_peer_fault() => {
+            Err(e) if blame(e, &message.data, &propagation_source) => {
                 tracing::info!(peer = %propagation_source, reason = e.code(), error = %e, "gossip rejected");
                 self.metrics.gossip("rejected", e.code());
                 MessageAcceptance::Reject
@@ -268,4 +268,15 @@ fn offer_id_of(bytes: &[u8]) -> Option<gpumesh_protocol::OfferId> {
         }
         _ => None,
     }
+}
+
+/// Whether the peer that sent `bytes` is to blame for `e`: for a fault that does not depend on
+/// this node (a bad signature, a malformed body), whoever sent it; for one that does (issued
+/// in the future by this node's clock, a longer TTL than this node accepts, a withdrawal of an
+/// offer this node holds from someone else), only the message's signer, since an honest
+/// relay may have judged it valid.
+pub(super) fn blame(e: &Invalid, bytes: &[u8], from: &PeerId) -> bool {
+    e.is_peer_fault()
+        && (!e.depends_on_receiver()
+            || RawEnvelope::parse(bytes).is_ok_and(|raw| crate::net::peer_id_of(&raw.signer) == *from))
 }

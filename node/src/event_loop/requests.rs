@@ -501,7 +501,7 @@ impl EventLoop {
                         news.push(&b.0);
                     }
                 }
-                Err(e) => faulty |= e.is_peer_fault(),
+                Err(e) => faulty |= super::gossip::blame(&e, &b.0, &peer),
             }
         }
         if faulty {
