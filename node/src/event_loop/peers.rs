@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 const FAULTS_BEFORE_BAN: u32 = 20;
 /// How long a blocked peer stays blocked.
 const BAN_TIME: Duration = Duration::from_secs(600);
+/// How long a peer's faults count after its last one.
+const FAULT_MEMORY: Duration = Duration::from_secs(600);
 /// A connection is not trimmed before it is this many gossip heartbeats old (at least
 /// [`MIN_TRIM_GRACE`]): time for gossipsub to graft the peer into the mesh.
 const TRIM_GRACE_HEARTBEATS: u32 = 10;
@@ -99,7 +101,9 @@ pub(crate) struct PeerState {
     rtt: HashMap<PeerId, Duration>,
     addrs: HashMap<PeerId, Vec<Multiaddr>>,
     agents: HashMap<PeerId, String>,
-    faults: HashMap<PeerId, u32>,
+    /// Faults per peer, and when the last was: forgotten [`FAULT_MEMORY`] after the last one
+    /// and when a ban ends, so that the map holds only recent offenders.
+    faults: HashMap<PeerId, (u32, Instant)>,
     banned: HashMap<PeerId, Instant>,
     bootstrap: Vec<Bootstrap>,
     bootstrap_max: Duration,
@@ -154,9 +158,27 @@ impl PeerState {
     /// Counts an invalid message; true when the peer should now be blocked (too many faults,
     /// or its gossipsub score fell below the graylist threshold).
     pub(crate) fn record_fault(&mut self, peer: PeerId, score: Option<f64>) -> bool {
-        let n = self.faults.entry(peer).or_default();
+        self.record_fault_at(peer, score, Instant::now())
+    }
+
+    fn record_fault_at(&mut self, peer: PeerId, score: Option<f64>, now: Instant) -> bool {
+        let (n, last) = self.faults.entry(peer).or_insert((0, now));
+        if now.duration_since(*last) >= FAULT_MEMORY {
+            *n = 0;
+        }
         *n += 1;
+        *last = now;
         *n >= FAULTS_BEFORE_BAN || score.is_some_and(|s| s < -80.0)
+    }
+
+    /// What is kept about a peer once its last connection closed: its faults for a while, and
+    /// its addresses only if it is a provider whose offers we hold (`provider`), since they
+    /// help to dial it again. Its agent string goes.
+    pub(crate) fn forget(&mut self, peer: &PeerId, provider: bool) {
+        self.agents.remove(peer);
+        if !provider {
+            self.addrs.remove(peer);
+        }
     }
 
     pub(crate) fn ban(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId) {
@@ -187,13 +209,17 @@ impl PeerState {
 
     pub(crate) fn expire_bans(&mut self, swarm: &mut Swarm<Behaviour>) {
         let now = Instant::now();
+        let faults = &mut self.faults;
         self.banned.retain(|peer, until| {
             let keep = *until > now;
             if !keep {
                 swarm.behaviour_mut().blocked.unblock_peer(*peer);
+                // A ban that ends starts the count again.
+                faults.remove(peer);
             }
             keep
         });
+        self.faults.retain(|_, (_, last)| now.duration_since(*last) < FAULT_MEMORY);
     }
 
     pub(crate) fn is_banned(&self, peer: &PeerId) -> bool {
@@ -211,6 +237,8 @@ impl EventLoop {
             }
             self.swarm.behaviour_mut().kad.add_address(&peer, address.clone());
         }
+        // A connection that opened while an earlier one was being closed is not being closed.
+        self.peers.closing.remove(&peer);
         let now = Instant::now();
         if self.peers.kad_walked.is_none() {
             self.walk_kademlia(now);
@@ -233,9 +261,13 @@ impl EventLoop {
             for b in self.peers.bootstrap.iter_mut().filter(|b| b.peer == peer) {
                 b.closed(held, closed_by_us, now, cooldown);
             }
-            if let Some(node) = crate::net::node_id_of(&peer) {
+            let node = crate::net::node_id_of(&peer);
+            if let Some(node) = node {
                 self.book.set_latency(node, None);
             }
+            let now = crate::clock::now();
+            let provider = node.is_some_and(|n| self.book.by_provider(n, now).next().is_some());
+            self.peers.forget(&peer, provider);
         }
     }
 
@@ -494,5 +526,50 @@ mod tests {
         b.dialled(t0, MAX);
         b.dialled(t0, MAX);
         assert_eq!(b.backoff, MAX);
+    }
+
+    fn state() -> PeerState {
+        PeerState::new(&crate::config::NodeConfig::default().resolve().unwrap())
+    }
+
+    /// Twenty faults within the fault memory ban a peer; faults older than that are forgotten,
+    /// so an honest peer's rare mistakes never add up to a ban.
+    #[test]
+    fn faults_ban_when_they_come_together_and_are_forgotten_after_a_while() {
+        let mut p = state();
+        let peer = PeerId::random();
+        let t0 = Instant::now();
+        for i in 0..FAULTS_BEFORE_BAN - 1 {
+            assert!(!p.record_fault_at(peer, None, t0 + Duration::from_secs(i as u64)));
+        }
+        let later = t0 + FAULT_MEMORY + Duration::from_secs(60);
+        assert!(!p.record_fault_at(peer, None, later), "the earlier 19 were forgotten");
+        for i in 1..FAULTS_BEFORE_BAN - 1 {
+            assert!(!p.record_fault_at(peer, None, later + Duration::from_secs(i as u64)));
+        }
+        assert!(
+            p.record_fault_at(peer, None, later + Duration::from_secs(30)),
+            "the twentieth in a row bans"
+        );
+        assert!(p.record_fault_at(PeerId::random(), Some(-81.0), t0), "a graylisted score bans at once");
+    }
+
+    /// A peer that disconnected leaves no agent string behind, and its addresses only if it
+    /// is a provider whose offers are held (to dial it again): made-up identities that come
+    /// and go cannot grow these maps.
+    #[test]
+    fn a_gone_peer_leaves_only_what_helps_to_dial_a_provider() {
+        let mut p = state();
+        let (relay, provider) = (PeerId::random(), PeerId::random());
+        let addr: Multiaddr = "/ip4/127.0.0.1/tcp/4747".parse().unwrap();
+        for peer in [relay, provider] {
+            p.agents.insert(peer, "gpumesh/test".into());
+            p.addrs.insert(peer, vec![addr.clone()]);
+        }
+        p.forget(&relay, false);
+        p.forget(&provider, true);
+        assert!(p.agents.is_empty());
+        assert_eq!(p.addrs(&relay), Vec::<Multiaddr>::new());
+        assert_eq!(p.addrs(&provider), vec![addr]);
     }
 }
