@@ -28,6 +28,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
+/// The most bytes of book sync answers a node has handed to connections and not yet seen
+/// written: 8 full pages. Beyond it, requests get an empty page until some are written.
+const SYNC_SERVING_BUDGET: usize = 8 * gpumesh_protocol::wire::MAX_SYNC_ANSWER;
+
 pub(crate) use peers::PeerState;
 pub(crate) use requests::{Fanout, Probe};
 
@@ -59,6 +63,8 @@ pub(crate) struct EventLoop {
     probes: Vec<Probe>,
     next_fanout: u64,
     syncs_in_flight: HashMap<libp2p::request_response::OutboundRequestId, requests::SyncInFlight>,
+    /// Sync answers being written to their peers.
+    sync_serving: requests::ServingBudget<libp2p::request_response::InboundRequestId>,
     /// Whether a book sync has completed since start (later syncs pass on what they teach).
     synced_once: bool,
     /// Our own offers and withdrawals that found no topic peer yet.
@@ -119,6 +125,7 @@ impl EventLoop {
             probes: Vec::new(),
             next_fanout: 0,
             syncs_in_flight: HashMap::new(),
+            sync_serving: requests::ServingBudget::new(SYNC_SERVING_BUDGET),
             synced_once: false,
             unsent: Vec::new(),
             book_events: p.book_events,

@@ -436,7 +436,7 @@ impl EventLoop {
 
     pub(super) fn handle_sync_event(&mut self, e: request_response::Event<Vec<u8>, Vec<u8>>) {
         match e {
-            Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
+            Event::Message { peer, message: Message::Request { request_id, request, channel }, .. } => {
                 let request =
                     wire::decode::<SyncRequest>(&request, wire::MAX_SYNC_REQUEST).ok().and_then(|r| {
                         // A digest of the wrong length makes the request malformed.
@@ -447,6 +447,12 @@ impl EventLoop {
                         Some((r, have))
                     });
                 let answer = match request {
+                    // Over the budget of answers still being written, pages wait: a peer that
+                    // asks many at once and reads none cannot pile them up in memory.
+                    Some(_) if !self.sync_serving.admits() => {
+                        tracing::debug!(peer = %peer, bytes = self.sync_serving.bytes(), "sync answers in flight over budget; answering an empty page");
+                        SyncAnswerRef { v: PROTOCOL_VERSION, offers: Vec::new(), next: None }
+                    }
                     Some((r, have)) if r.network == self.settings.network => {
                         let page = self.book.sync_page(
                             r.after.as_ref(),
@@ -466,7 +472,14 @@ impl EventLoop {
                     }
                 };
                 self.metrics.sync_pages_served.inc();
-                let _ = self.swarm.behaviour_mut().sync.send_response(channel, wire::encode(&answer));
+                let bytes = wire::encode(&answer);
+                let len = bytes.len();
+                if self.swarm.behaviour_mut().sync.send_response(channel, bytes).is_ok() {
+                    self.sync_serving.started(request_id, len);
+                }
+            }
+            Event::ResponseSent { request_id, .. } | Event::InboundFailure { request_id, .. } => {
+                self.sync_serving.finished(&request_id);
             }
             Event::Message { peer, message: Message::Response { request_id, response }, .. } => {
                 if let Some(sync) = self.syncs_in_flight.remove(&request_id) {
@@ -476,7 +489,6 @@ impl EventLoop {
             Event::OutboundFailure { request_id, .. } => {
                 self.syncs_in_flight.remove(&request_id);
             }
-            _ => {}
         }
     }
 
@@ -530,5 +542,67 @@ impl EventLoop {
             more = next.is_some(),
             "book sync"
         );
+    }
+}
+
+/// Bytes of answers handed to connections and not yet written (or failed), by request. A
+/// node stops building new pages while this is over its limit, so peers that ask for many
+/// pages and read none cannot make it hold them all.
+#[derive(Debug)]
+pub(crate) struct ServingBudget<K> {
+    in_flight: HashMap<K, usize>,
+    bytes: usize,
+    limit: usize,
+}
+
+impl<K: std::hash::Hash + Eq> ServingBudget<K> {
+    pub(crate) fn new(limit: usize) -> Self {
+        ServingBudget { in_flight: HashMap::new(), bytes: 0, limit }
+    }
+
+    /// Whether another answer may be built now.
+    pub(crate) fn admits(&self) -> bool {
+        self.bytes < self.limit
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub(crate) fn started(&mut self, id: K, bytes: usize) {
+        if let Some(old) = self.in_flight.insert(id, bytes) {
+            self.bytes -= old;
+        }
+        self.bytes += bytes;
+    }
+
+    pub(crate) fn finished(&mut self, id: &K) {
+        if let Some(n) = self.in_flight.remove(id) {
+            self.bytes -= n;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ServingBudget;
+
+    /// Answers count against the budget until they are written or fail; past the limit no
+    /// new answer is built, and room comes back as answers finish (each once).
+    #[test]
+    fn the_serving_budget_holds_answers_until_they_are_written() {
+        let mut b = ServingBudget::new(10);
+        assert!(b.admits());
+        b.started(1, 6);
+        assert!(b.admits());
+        b.started(2, 6);
+        assert!(!b.admits(), "12 of 10 bytes in flight");
+        b.finished(&1);
+        b.finished(&1);
+        assert_eq!(b.bytes(), 6, "finishing twice frees once");
+        assert!(b.admits());
+        b.finished(&3);
+        b.finished(&2);
+        assert_eq!(b.bytes(), 0);
     }
 }

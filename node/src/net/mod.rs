@@ -165,24 +165,32 @@ pub fn request_responses(settings: &Settings) -> [request_response::Behaviour<By
     let t = settings.request_timeout;
     let lease_t = t.max(Duration::from_millis(wire::LEASE_ANSWER_WITHIN_MS));
     [
-        rr(wire::CAPACITY_PROTOCOL, wire::MAX_CAPACITY_QUERY, wire::MAX_CAPACITY_ANSWER, t),
-        rr(wire::LEASE_PROTOCOL, wire::MAX_LEASE_RPC, wire::MAX_LEASE_RPC, lease_t),
-        rr(wire::SYNC_PROTOCOL, wire::MAX_SYNC_REQUEST, wire::MAX_SYNC_ANSWER, t),
+        rr(wire::CAPACITY_PROTOCOL, wire::MAX_CAPACITY_QUERY, wire::MAX_CAPACITY_ANSWER, t, 256),
+        rr(wire::LEASE_PROTOCOL, wire::MAX_LEASE_RPC, wire::MAX_LEASE_RPC, lease_t, 256),
+        // A node asks a peer for one page at a time: a few streams per connection are plenty,
+        // and each may carry an answer of up to 4 MiB.
+        rr(wire::SYNC_PROTOCOL, wire::MAX_SYNC_REQUEST, wire::MAX_SYNC_ANSWER, t, SYNC_STREAMS),
     ]
 }
 
+/// Concurrent book sync streams per connection.
+pub const SYNC_STREAMS: usize = 2;
+
 /// A request-response behaviour for one of the node's protocols: the raw-bytes codec with
-/// these size limits, this timeout, up to 256 concurrent streams per connection.
+/// these size limits, this timeout, and up to `streams` concurrent streams per connection.
 fn rr(
     protocol: &'static str,
     max_request: usize,
     max_response: usize,
     timeout: Duration,
+    streams: usize,
 ) -> request_response::Behaviour<BytesCodec> {
     request_response::Behaviour::with_codec(
         BytesCodec { max_request, max_response },
         [(StreamProtocol::new(protocol), ProtocolSupport::Full)],
-        request_response::Config::default().with_request_timeout(timeout).with_max_concurrent_streams(256),
+        request_response::Config::default()
+            .with_request_timeout(timeout)
+            .with_max_concurrent_streams(streams),
     )
 }
 
