@@ -3,6 +3,8 @@
 
 use gpumesh_protocol::*;
 
+pub mod lease_rig;
+
 pub const NET: &str = "testnet";
 pub const HOUR_MS: u64 = 3_600_000;
 
