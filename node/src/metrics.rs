@@ -42,6 +42,7 @@ pub struct Metrics {
     pub capacity_queries: Counter,
     pub sync_pages_served: Counter,
     pub sync_offers_served: Counter,
+    pub sync_pages_refused: Counter,
     pub peer_bans: Counter,
     pub peers_trimmed: Counter,
     pub libp2p: libp2p::metrics::Metrics,
@@ -81,6 +82,12 @@ impl Metrics {
             "Offers sent in answers to book sync requests (ranges the asking peer held alike are left out)",
             sync_offers_served.clone(),
         );
+        let sync_pages_refused = Counter::default();
+        registry.register(
+            "sync_pages_refused",
+            "Book sync requests closed unanswered while busy (a page already on its way to that peer, or too many bytes of answers in flight)",
+            sync_pages_refused.clone(),
+        );
         let peer_bans = Counter::default();
         registry.register(
             "peer_bans",
@@ -104,6 +111,7 @@ impl Metrics {
             capacity_queries,
             sync_pages_served,
             sync_offers_served,
+            sync_pages_refused,
             peer_bans,
             peers_trimmed,
             libp2p,

@@ -28,16 +28,27 @@ impl EventLoop {
         } else {
             self.ingest(&message.data, now)
         };
+        let blamed = matches!(&outcome, Err(e) if blame(e, &message.data, &propagation_source));
         let acceptance = match &outcome {
             Ok(change) => {
                 tracing::debug!(peer = %propagation_source, ?change, "gossip accepted");
                 self.metrics.gossip("accepted", "ok");
                 MessageAcceptance::Accept
             }
-            Err(e) if blame(e, &message.data, &propagation_source) => {
+            // A fault of the message itself: gossipsub rejects it, and every peer that sends
+            // it loses score.
+            Err(e) if e.is_peer_fault() && !e.depends_on_receiver() => {
                 tracing::info!(peer = %propagation_source, reason = e.code(), error = %e, "gossip rejected");
                 self.metrics.gossip("rejected", e.code());
                 MessageAcceptance::Reject
+            }
+            // A fault only by this node's clock, settings or book: honest relays may forward
+            // copies, and a Reject would cost each of them score. Gossipsub ignores it; its
+            // signer, when it sent it to us itself, is penalised by the node alone.
+            Err(e) if blamed => {
+                tracing::info!(peer = %propagation_source, reason = e.code(), error = %e, "gossip rejected (signer)");
+                self.metrics.gossip("rejected", e.code());
+                MessageAcceptance::Ignore
             }
             Err(e) => {
                 tracing::debug!(peer = %propagation_source, reason = e.code(), "gossip ignored");
@@ -45,13 +56,12 @@ impl EventLoop {
                 MessageAcceptance::Ignore
             }
         };
-        let rejected = matches!(acceptance, MessageAcceptance::Reject);
         self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
             &message_id,
             &propagation_source,
             acceptance,
         );
-        if rejected {
+        if blamed {
             self.penalise(propagation_source);
         }
     }

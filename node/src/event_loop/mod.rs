@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// The most bytes of book sync answers a node has handed to connections and not yet seen
-/// written: 8 full pages. Beyond it, requests get an empty page until some are written.
+/// written: 8 full pages. Beyond it, requests are closed unanswered until some are written.
 const SYNC_SERVING_BUDGET: usize = 8 * gpumesh_protocol::wire::MAX_SYNC_ANSWER;
 
 pub(crate) use peers::PeerState;
@@ -64,7 +64,7 @@ pub(crate) struct EventLoop {
     next_fanout: u64,
     syncs_in_flight: HashMap<libp2p::request_response::OutboundRequestId, requests::SyncInFlight>,
     /// Sync answers being written to their peers.
-    sync_serving: requests::ServingBudget<libp2p::request_response::InboundRequestId>,
+    sync_serving: requests::ServingBudget<libp2p::request_response::InboundRequestId, PeerId>,
     /// Whether a book sync has completed since start (later syncs pass on what they teach).
     synced_once: bool,
     /// Our own offers and withdrawals that found no topic peer yet.

@@ -182,7 +182,9 @@ impl PeerState {
     }
 
     pub(crate) fn ban(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId) {
-        self.banned.insert(peer, Instant::now() + BAN_TIME);
+        // An operator's block (or a longer ban) already in place stays as long as it was.
+        let until = Instant::now() + BAN_TIME;
+        self.banned.entry(peer).and_modify(|u| *u = (*u).max(until)).or_insert(until);
         swarm.behaviour_mut().blocked.block_peer(peer);
         if swarm.disconnect_peer_id(peer).is_ok() {
             self.closing.insert(peer);

@@ -446,13 +446,17 @@ impl EventLoop {
                         };
                         Some((r, have))
                     });
+                // A peer gets one page at a time, and no page is built while the answers
+                // still being written are over budget: a peer that asks for many and reads
+                // none cannot pile them up. The stream closes without an answer (an empty
+                // page would tell the asker it has the whole book); the asker tries later.
+                if !self.sync_serving.admits(&peer) {
+                    tracing::debug!(peer = %peer, bytes = self.sync_serving.bytes(), "busy serving syncs; closing a sync request unanswered");
+                    self.metrics.sync_pages_refused.inc();
+                    drop(channel);
+                    return;
+                }
                 let answer = match request {
-                    // Over the budget of answers still being written, pages wait: a peer that
-                    // asks many at once and reads none cannot pile them up in memory.
-                    Some(_) if !self.sync_serving.admits() => {
-                        tracing::debug!(peer = %peer, bytes = self.sync_serving.bytes(), "sync answers in flight over budget; answering an empty page");
-                        SyncAnswerRef { v: PROTOCOL_VERSION, offers: Vec::new(), next: None }
-                    }
                     Some((r, have)) if r.network == self.settings.network => {
                         let page = self.book.sync_page(
                             r.after.as_ref(),
@@ -475,7 +479,7 @@ impl EventLoop {
                 let bytes = wire::encode(&answer);
                 let len = bytes.len();
                 if self.swarm.behaviour_mut().sync.send_response(channel, bytes).is_ok() {
-                    self.sync_serving.started(request_id, len);
+                    self.sync_serving.started(request_id, peer, len);
                 }
             }
             Event::ResponseSent { request_id, .. } | Event::InboundFailure { request_id, .. } => {
@@ -494,6 +498,10 @@ impl EventLoop {
 
     fn ingest_sync(&mut self, peer: PeerId, sync: SyncInFlight, response: &[u8]) {
         let now = crate::clock::now();
+        // No answer at all: the peer was busy serving syncs (protocol.md §8.3). Not a fault.
+        if response.is_empty() {
+            return;
+        }
         let Ok(answer) = wire::decode::<SyncAnswer>(response, wire::MAX_SYNC_ANSWER) else {
             self.penalise(peer);
             return;
@@ -545,40 +553,48 @@ impl EventLoop {
     }
 }
 
-/// Bytes of answers handed to connections and not yet written (or failed), by request. A
-/// node stops building new pages while this is over its limit, so peers that ask for many
-/// pages and read none cannot make it hold them all.
+/// Answers handed to connections and not yet written (or failed), by request: their bytes in
+/// all, and how many each peer has. A node builds no new page while the bytes are over the
+/// limit, nor for a peer that already has one on its way, so peers that ask for many pages and
+/// read none cannot make it hold them.
 #[derive(Debug)]
-pub(crate) struct ServingBudget<K> {
-    in_flight: HashMap<K, usize>,
+pub(crate) struct ServingBudget<K, P> {
+    in_flight: HashMap<K, (P, usize)>,
+    per_peer: HashMap<P, usize>,
     bytes: usize,
     limit: usize,
 }
 
-impl<K: std::hash::Hash + Eq> ServingBudget<K> {
+impl<K: std::hash::Hash + Eq, P: std::hash::Hash + Eq + Copy> ServingBudget<K, P> {
     pub(crate) fn new(limit: usize) -> Self {
-        ServingBudget { in_flight: HashMap::new(), bytes: 0, limit }
+        ServingBudget { in_flight: HashMap::new(), per_peer: HashMap::new(), bytes: 0, limit }
     }
 
-    /// Whether another answer may be built now.
-    pub(crate) fn admits(&self) -> bool {
-        self.bytes < self.limit
+    /// Whether a page may be built for `peer` now.
+    pub(crate) fn admits(&self, peer: &P) -> bool {
+        self.bytes < self.limit && !self.per_peer.contains_key(peer)
     }
 
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }
 
-    pub(crate) fn started(&mut self, id: K, bytes: usize) {
-        if let Some(old) = self.in_flight.insert(id, bytes) {
-            self.bytes -= old;
-        }
+    pub(crate) fn started(&mut self, id: K, peer: P, bytes: usize) {
+        self.finished(&id);
+        self.in_flight.insert(id, (peer, bytes));
+        *self.per_peer.entry(peer).or_default() += 1;
         self.bytes += bytes;
     }
 
     pub(crate) fn finished(&mut self, id: &K) {
-        if let Some(n) = self.in_flight.remove(id) {
+        if let Some((peer, n)) = self.in_flight.remove(id) {
             self.bytes -= n;
+            if let Some(c) = self.per_peer.get_mut(&peer) {
+                *c -= 1;
+                if *c == 0 {
+                    self.per_peer.remove(&peer);
+                }
+            }
         }
     }
 }
@@ -587,22 +603,26 @@ impl<K: std::hash::Hash + Eq> ServingBudget<K> {
 mod tests {
     use super::ServingBudget;
 
-    /// Answers count against the budget until they are written or fail; past the limit no
-    /// new answer is built, and room comes back as answers finish (each once).
+    /// Answers count against the budget until they are written or fail: past the byte limit
+    /// no page is built for anyone, and a peer with a page on its way gets no second one;
+    /// room comes back as answers finish (each once).
     #[test]
     fn the_serving_budget_holds_answers_until_they_are_written() {
-        let mut b = ServingBudget::new(10);
-        assert!(b.admits());
-        b.started(1, 6);
-        assert!(b.admits());
-        b.started(2, 6);
-        assert!(!b.admits(), "12 of 10 bytes in flight");
-        b.finished(&1);
-        b.finished(&1);
-        assert_eq!(b.bytes(), 6, "finishing twice frees once");
-        assert!(b.admits());
-        b.finished(&3);
-        b.finished(&2);
-        assert_eq!(b.bytes(), 0);
+        let (a, b, c) = ('a', 'b', 'c');
+        let mut budget = ServingBudget::new(10);
+        assert!(budget.admits(&a));
+        budget.started(1, a, 6);
+        assert!(!budget.admits(&a), "a has a page on its way");
+        assert!(budget.admits(&b));
+        budget.started(2, b, 6);
+        assert!(!budget.admits(&c), "12 of 10 bytes in flight");
+        budget.finished(&1);
+        budget.finished(&1);
+        assert_eq!(budget.bytes(), 6, "finishing twice frees once");
+        assert!(budget.admits(&a) && budget.admits(&c));
+        budget.finished(&3);
+        budget.finished(&2);
+        assert_eq!(budget.bytes(), 0);
+        assert!(budget.admits(&b));
     }
 }
