@@ -437,3 +437,25 @@ fn a_renter_down_through_the_grace_period_asks_for_the_receipt_before_giving_up(
     assert_eq!(restarted.lease(&lease_id).unwrap().state, LeaseState::Expired);
     assert!(restarted.lease(&lease_id).unwrap().receipt.is_none());
 }
+
+/// An active lease past its end whose status question brings a reply that settles nothing (a
+/// receipt that does not match) is asked again later, and past the grace period ends without
+/// a receipt: it never stays active for good.
+#[test]
+fn an_ended_lease_that_gets_a_bad_receipt_is_asked_again_and_then_given_up() {
+    let (mut p, g) = provider(2, false);
+    let mut r = renter_engine();
+    let lease_id = granted_lease(&mut r, &mut p, &g, 25);
+    let other = granted_lease(&mut r, &mut p, &g, 26);
+    let end = r.lease(&lease_id).unwrap().end.unwrap();
+    let wrong = receipt_of_release(&mut r, &mut p, other, NOW.plus_millis(1_000));
+    let outs = r.handle(RenterInput::Timer { lease_id }, end).unwrap();
+    assert!(matches!(&outs[..], [RenterOutput::Send { rpc: LeaseRpc::Status(_), .. }]), "{outs:?}");
+    let outs = r.handle(RenterInput::Reply { lease_id, reply: LeaseRpcReply::Receipt(wrong) }, end).unwrap();
+    let retry = end.plus_millis(1_000);
+    assert!(outs.contains(&RenterOutput::ScheduleTimer { lease_id, at: retry }), "{outs:?}");
+    assert_eq!(r.lease(&lease_id).unwrap().state, LeaseState::Active);
+    let past_grace = end.plus_millis(61_000);
+    r.handle(RenterInput::Timer { lease_id }, past_grace).unwrap();
+    assert_eq!(r.lease(&lease_id).unwrap().state, LeaseState::Expired, "given up without a receipt");
+}

@@ -153,8 +153,14 @@ impl LeaseTask {
                 tracing::info!(lease = %lease_id, state = state.as_str(), "lease ended");
                 self.metrics.lease("renter", state.as_str());
                 // A lease whose grant was lost and that had ended by the time the provider was
-                // asked: its caller is still waiting, and this is its answer.
-                self.answer_grant(lease_id);
+                // asked: its caller is still waiting. It was granted, but there is nothing to
+                // use any more: say so (not a success a script would take as GPUs to use).
+                let why = format!(
+                    "lease {lease_id} was granted, but the grant was lost on the way and the lease had already \
+                     ended ({}) when the provider was asked; its receipt is kept (`gpumesh receipts`)",
+                    state.as_str()
+                );
+                self.answer_lease(lease_id, move |_| Err(LeaseError::Failed(why)));
                 if let Some(v) = self.renter_view(&lease_id) {
                     self.answer_release(lease_id, |_| Ok(v.clone()));
                 }

@@ -206,8 +206,8 @@ async fn a_reservation_left_by_an_unwritten_end_does_not_block_the_next_lease() 
 }
 
 /// A renter whose request's answer was lost asks `status`; by then the lease has ended, and
-/// the provider answers with its receipt. The API call waiting on the lease gets that answer
-/// (the lease, ended) instead of waiting for good.
+/// the provider answers with its receipt. The API call waiting on the lease is told so (an
+/// error: there is nothing to use) instead of waiting for good, and the receipt is kept.
 #[tokio::test]
 async fn a_lease_call_whose_grant_was_lost_is_answered_by_the_receipt() {
     use gpumesh_protocol::bytes::Bytes;
@@ -277,10 +277,12 @@ async fn a_lease_call_whose_grant_was_lost_is_answered_by_the_receipt() {
     };
     let reply = LeaseRpcReply::Receipt(Bytes(envelope::seal(&provider_key, &receipt)));
     rig.task.handle_command(LeaseCommand::Reply { lease_id, result: Ok(wire::encode(&reply)) }).await;
-    let view = tokio::time::timeout(std::time::Duration::from_secs(10), &mut answer)
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(10), &mut answer)
         .await
         .expect("the lease call is answered")
-        .expect("the task kept the waiter")
-        .expect("the lease is reported, not an error");
-    assert_eq!(view.state, "expired");
+        .expect("the task kept the waiter");
+    let Err(LeaseError::Failed(why)) = answer else { panic!("not told it ended: {answer:?}") };
+    assert!(why.contains("already ended (expired)"), "{why}");
+    let stored = rig.task.renter.lease(&lease_id).expect("the lease is kept");
+    assert!(stored.receipt.is_some(), "with its receipt");
 }

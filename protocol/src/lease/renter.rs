@@ -474,6 +474,21 @@ impl RenterEngine {
                 why: format!("unexpected reply {} for a {} lease", reply_name(&other), state.as_str()),
             })),
         }
+        // An active lease past its end that this reply did not settle (a bad receipt, a
+        // reject, a reply that makes no sense): ask again later, so that it ends with a
+        // receipt or, past the grace period, without one, instead of staying active for good.
+        if let Some(l) = self.leases.get(&lease_id)
+            && l.state == LeaseState::Active
+            && l.end.is_some_and(|end| now >= end)
+            && !out
+                .iter()
+                .any(|o| matches!(o, RenterOutput::ScheduleTimer { lease_id: id, .. } if *id == lease_id))
+        {
+            out.push(RenterOutput::ScheduleTimer {
+                lease_id,
+                at: now.plus_millis(self.config.status_retry_ms),
+            });
+        }
     }
 
     fn activate(
