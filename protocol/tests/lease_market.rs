@@ -4,6 +4,7 @@
 //! every lease reaches exactly one terminal state.
 
 mod common;
+use common::lease_rig::provider_engine;
 use common::*;
 use gpumesh_protocol::lease::messages::*;
 use gpumesh_protocol::lease::provider::*;
@@ -17,16 +18,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 const T0: Timestamp = Timestamp(1_700_000_000_000);
 
 fn make_provider(k: &SigningKey, gpus: u32, hook: bool, max_per: usize) -> (ProviderEngine, GpuGroup) {
-    let mut e = ProviderEngine::new(
-        k.clone(),
-        ProviderConfig {
-            network: NET.into(),
-            max_clock_skew_ms: 30_000,
-            request_max_age_ms: 60_000,
-            policy: Policy { max_leases_per_renter: max_per, ..Policy::default() },
-            start_hook: hook,
-        },
-    );
+    let mut e = provider_engine(k, hook, Policy { max_leases_per_renter: max_per, ..Policy::default() });
     let spec = gpu("A100", 81920);
     let pid = id_of(k);
     let g = GpuGroup {

@@ -68,9 +68,14 @@ fn impersonating(c: &Ctx, i: u64) -> Vec<u8> {
     envelope::seal(&c.rogue, &offer_by(c.victim, NET, &format!("IMPERSONATED-{i}"), 1 + i, c.now))
 }
 
+/// An offer signed by `signer`, issued an hour after `c.now`.
+fn future_offer(c: &Ctx, signer: &SigningKey, i: u64) -> Vec<u8> {
+    let o = offer_for(signer, NET, &format!("FUTURE-{i}"), 1 + i, c.now.plus_millis(3_600_000));
+    envelope::seal(signer, &o)
+}
+
 fn issued_in_future(c: &Ctx, i: u64) -> Vec<u8> {
-    let o = offer_for(&c.rogue, NET, &format!("FUTURE-{i}"), 1 + i, c.now.plus_millis(3_600_000));
-    envelope::seal(&c.rogue, &o)
+    future_offer(c, &c.rogue, i)
 }
 
 fn wrong_network(c: &Ctx, i: u64) -> Vec<u8> {
@@ -128,16 +133,21 @@ fn wrong_shape(c: &Ctx, i: u64) -> Vec<u8> {
     sign_raw(&c.rogue, Kind::Offer, &envelope::encode_body(&w))
 }
 
-fn withdraws_someone_elses_offer(c: &Ctx, i: u64) -> Vec<u8> {
+/// A withdrawal of A's offer, signed by `signer` (who is not A).
+fn withdrawal_of_a_offer(c: &Ctx, signer: &SigningKey, i: u64) -> Vec<u8> {
     let w = Withdrawal {
         v: PROTOCOL_VERSION,
         network: NET.into(),
         offer_id: c.a_offer,
-        provider: adversary::node_id(&c.rogue),
+        provider: adversary::node_id(signer),
         seq: 1_000 + i,
         issued_at: c.now,
     };
-    envelope::seal(&c.rogue, &w)
+    envelope::seal(signer, &w)
+}
+
+fn withdraws_someone_elses_offer(c: &Ctx, i: u64) -> Vec<u8> {
+    withdrawal_of_a_offer(c, &c.rogue, i)
 }
 
 fn lease_message_on_the_offer_topic(c: &Ctx, i: u64) -> Vec<u8> {
@@ -204,20 +214,11 @@ const REJECTED: &[Case] = &[
 ];
 
 fn relayed_issued_in_future(c: &Ctx, i: u64) -> Vec<u8> {
-    let o = offer_for(&c.author, NET, &format!("RELAYED-FUTURE-{i}"), 1 + i, c.now.plus_millis(3_600_000));
-    envelope::seal(&c.author, &o)
+    future_offer(c, &c.author, i)
 }
 
 fn relayed_withdrawal_of_someone_elses_offer(c: &Ctx, i: u64) -> Vec<u8> {
-    let w = Withdrawal {
-        v: PROTOCOL_VERSION,
-        network: NET.into(),
-        offer_id: c.a_offer,
-        provider: adversary::node_id(&c.author),
-        seq: 1_000 + i,
-        issued_at: c.now,
-    };
-    envelope::seal(&c.author, &w)
+    withdrawal_of_a_offer(c, &c.author, i)
 }
 
 /// Faults only by A's clock or book, sent by their signer: A rejects and blames the rogue

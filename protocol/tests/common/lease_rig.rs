@@ -20,19 +20,25 @@ pub fn group(provider: &NodeId, n: u32) -> GpuGroup {
     }
 }
 
-/// A provider engine (key 100) offering `n` GPUs, with or without a start hook.
-pub fn provider(n: u32, hook: bool) -> (ProviderEngine, GpuGroup) {
-    let k = key(100);
-    let mut e = ProviderEngine::new(
+/// A provider engine signing with `k` on the test network (30 s clock skew, 60 s replay
+/// window), with this policy and with or without a start hook; no groups yet.
+pub fn provider_engine(k: &SigningKey, hook: bool, policy: Policy) -> ProviderEngine {
+    ProviderEngine::new(
         k.clone(),
         ProviderConfig {
             network: NET.into(),
             max_clock_skew_ms: 30_000,
             request_max_age_ms: 60_000,
-            policy: Policy::default(),
+            policy,
             start_hook: hook,
         },
-    );
+    )
+}
+
+/// A provider engine (key 100) offering `n` GPUs, with or without a start hook.
+pub fn provider(n: u32, hook: bool) -> (ProviderEngine, GpuGroup) {
+    let k = key(100);
+    let mut e = provider_engine(&k, hook, Policy::default());
     let g = group(&id_of(&k), n);
     e.handle(ProviderInput::SetGroups(vec![g.clone()]), NOW);
     (e, g)
